@@ -1,0 +1,49 @@
+# The two commands: `make run` and `make test`. Everything else is a building block of those,
+# or an operator's tool (observe, bench).
+CARGO      ?= cargo
+GATEWAY    := target/debug/gateway
+export GATEWAY_BIN := $(CURDIR)/$(GATEWAY)
+
+.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+
+## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
+run:
+	$(CARGO) build --release -p gateway
+	./target/release/gateway
+
+## test: install what the tests need, lint, then every test suite
+test: setup lint test-rust test-examples test-browser test-prometheus
+	@echo "make test: all suites passed"
+
+setup:
+	@scripts/setup.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-rust:
+	$(CARGO) test --workspace
+
+build-debug:
+	$(CARGO) build -p gateway
+
+## example clients (Python, Node) against a real gateway
+test-examples: build-debug
+	python3 examples/tests/run_examples.py
+
+## the dashboard page in a real headless Chromium
+test-browser: build-debug
+	cd gateway/tests/browser && node browser.test.mjs
+
+## every dashboard panel and alert rule against a real Prometheus
+test-prometheus: build-debug
+	grafana/tests/run.sh
+
+## observe: the gateway and a real Prometheus scraping it, on loopback
+observe:
+	grafana/observe.sh
+
+## bench: release builds, the benchmark scenarios, docs/benchmarks.md
+bench:
+	load-tests/bench.sh

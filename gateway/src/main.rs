@@ -1,0 +1,82 @@
+//! `gateway`: parse the configuration, set up logging, bind, and run until SIGINT or SIGTERM.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::Config;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Exit status for a bad flag or environment value (sysexits' EX_USAGE).
+const EX_USAGE: u8 = 64;
+/// Exit status when the listen address cannot be bound (sysexits' EX_UNAVAILABLE).
+const EX_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    raise_open_file_limit();
+
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let listener = match TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("gateway: cannot listen on {listen}: {e}. Is another gateway running? Choose another address with --listen or GATEWAY_LISTEN.");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        let addr = listener.local_addr().expect("bound listener has an address");
+        println!("gateway: serving on http://{addr}/ (WebSocket: ws://{addr}/ws)");
+        let _ = std::io::stdout().flush();
+        match gateway::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "stop requested");
+}
+
+/// Each session is a file descriptor: take the hard limit, not the (often 1024) soft one.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid rlimit for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "could not raise the open-file limit; sessions are capped by the soft limit"
+                );
+            }
+        }
+    }
+}

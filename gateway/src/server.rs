@@ -1,0 +1,281 @@
+//! The gateway as a whole: shared state, shards, the accept loop, and graceful shutdown.
+//!
+//! Sessions are spread over shards, one thread each with a current-thread runtime: a woken
+//! writer then runs in FIFO order after the others, and each write carries more frames (see
+//! `../shared/DESIGN-NOTES.md`, "Scheduling decides the tail"). The feed hands each shard its
+//! updated symbols; everything else a session touches lives on its shard.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::wall_ns;
+use crate::config::Config;
+use crate::fanout::{run_shard_fanout, ShardQueue};
+use crate::feed::{spawn_simulator, Publisher};
+use crate::http::{self, per_ip_key, Access, ShardCtx};
+use crate::metrics::Metrics;
+use crate::store::SnapshotStore;
+
+/// Accepted connections waiting for their shard; the accept loop waits when a shard lags.
+const SHARD_BACKLOG: usize = 256;
+
+/// What every part of one gateway shares.
+pub struct Gateway {
+    pub config: Config,
+    pub server_name: String,
+    pub store: Arc<SnapshotStore>,
+    pub metrics: Arc<Metrics>,
+    pub access: Access,
+    pub ws_config: WebSocketConfig,
+    pub shutdown: CancellationToken,
+    pub sessions_active: AtomicU64,
+    pub subscriptions_active: AtomicU64,
+    pub started_wall_ns: u64,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    session_counter: AtomicU64,
+}
+
+impl Gateway {
+    /// A short unique session id: a per-process random base plus a counter, in hex.
+    pub fn next_session_id(&self) -> String {
+        let n = self.session_counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:x}",
+            (self.started_wall_ns >> 10).wrapping_mul(0x9e37_79b9).wrapping_add(n)
+                & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// A reserved session place: counted against the connection limits until dropped.
+pub struct SessionPermit {
+    gateway: Arc<Gateway>,
+    ip: Option<IpAddr>,
+}
+
+impl SessionPermit {
+    /// Reserves a place, or says which limit is reached.
+    pub fn acquire(gw: &Arc<Gateway>, ip: IpAddr) -> Result<SessionPermit, &'static str> {
+        let max = u64::from(gw.config.max_connections);
+        if gw
+            .sessions_active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
+            return Err("connection limit reached");
+        }
+        let mut permit = SessionPermit { gateway: Arc::clone(gw), ip: None };
+        let per_ip_max = gw.config.max_connections_per_ip;
+        if per_ip_max > 0 {
+            let key = per_ip_key(ip);
+            let mut counts = gw.per_ip.lock();
+            let count = counts.entry(key).or_insert(0);
+            if *count >= per_ip_max {
+                return Err("connection limit per client address reached");
+            }
+            *count += 1;
+            permit.ip = Some(key);
+        }
+        Ok(permit)
+    }
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        self.gateway.sessions_active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut counts = self.gateway.per_ip.lock();
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Runs a gateway on `listener` until `shutdown` completes, then closes every session with
+/// 1001 within the grace period and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shards = config.shard_count();
+    let metrics = Arc::new(Metrics::new(shards));
+    let sim = match config.feed.as_str() {
+        "sim" => feed_sim::Simulator::new(config.sim_symbols, config.sim_seed),
+        other if other.starts_with("nats://") => anyhow::bail!(
+            "--feed {other}: this build serves the simulated feed only (--feed sim); the NATS feed of \
+             the contract's section 5 is not implemented yet"
+        ),
+        other => anyhow::bail!("--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"),
+    };
+    let store = Arc::new(SnapshotStore::new(
+        sim.symbols().iter().map(|s| (s.name.clone(), s.precision)),
+        shards,
+    ));
+    let max_message = config.max_message_bytes as usize;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(config.write_budget_bytes)
+        .max_write_buffer_size(config.write_budget_bytes + 2 * max_message + 4096)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let gateway = Arc::new(Gateway {
+        server_name: config.server_name(),
+        access: Access::new(&config.allowed_origins, &config.access_tokens),
+        store: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        ws_config,
+        shutdown: CancellationToken::new(),
+        sessions_active: AtomicU64::new(0),
+        subscriptions_active: AtomicU64::new(0),
+        started_wall_ns: wall_ns(),
+        per_ip: Mutex::new(HashMap::new()),
+        session_counter: AtomicU64::new(0),
+        config,
+    });
+    let config = &gateway.config;
+
+    let queues: Vec<Arc<ShardQueue>> =
+        (0..shards).map(|_| Arc::new(ShardQueue::default())).collect();
+    let mut shard_tx = Vec::with_capacity(shards);
+    let mut shard_threads = Vec::with_capacity(shards);
+    for (shard, queue) in queues.iter().enumerate() {
+        let (tx, rx) = mpsc::channel(SHARD_BACKLOG);
+        let gateway = Arc::clone(&gateway);
+        let queue = Arc::clone(queue);
+        let thread = std::thread::Builder::new()
+            .name(format!("gw-shard-{shard}"))
+            .spawn(move || run_shard(shard, gateway, queue, rx))
+            .context("spawning a shard thread")?;
+        shard_tx.push(tx);
+        shard_threads.push(thread);
+    }
+
+    let feed_stop = Arc::new(AtomicBool::new(false));
+    let publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
+    let feed_thread = spawn_simulator(sim, config.sim_rate, publisher, Arc::clone(&feed_stop));
+    tracing::info!(
+        listen = %listener.local_addr()?, shards, symbols = store.table().len(), rate = config.sim_rate,
+        server = %gateway.server_name, "gateway serving the simulated feed"
+    );
+
+    tokio::pin!(shutdown);
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(stream) = prepare(stream, config) else { continue };
+                    if shard_tx[next].send((stream, peer)).await.is_err() {
+                        break;
+                    }
+                    next = (next + 1) % shards;
+                }
+                Err(e) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let sessions = gateway.sessions_active.load(Ordering::Relaxed);
+    tracing::info!(
+        sessions,
+        grace_ms = config.shutdown_grace_ms,
+        "shutting down: closing every session with 1001"
+    );
+    gateway.shutdown.cancel();
+    drop(shard_tx);
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in shard_threads {
+            let _ = thread.join();
+        }
+        feed_stop.store(true, Ordering::Relaxed);
+        let _ = feed_thread.join();
+    });
+    joined.await.context("joining the gateway's threads")?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Socket options of an accepted connection; `None` if the socket is already unusable.
+fn prepare(stream: TcpStream, config: &Config) -> Option<std::net::TcpStream> {
+    // Quotes are latency-sensitive and written in batches already: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(config.send_buffer_bytes);
+    stream.into_std().ok()
+}
+
+/// One shard: a thread with a current-thread runtime running the shard's fan-out and the
+/// connections handed to it, until shutdown and the grace period have passed.
+fn run_shard(
+    shard: usize,
+    gateway: Arc<Gateway>,
+    queue: Arc<ShardQueue>,
+    mut rx: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(shard, error = %e, "cannot start a shard runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let ctx = Arc::new(ShardCtx {
+            gateway: Arc::clone(&gateway),
+            shard,
+            sessions: TaskTracker::new(),
+        });
+        tokio::spawn(run_shard_fanout(
+            shard,
+            queue,
+            Arc::clone(&gateway.store),
+            Arc::clone(&gateway.metrics),
+            gateway.shutdown.clone(),
+        ));
+        let router = http::router(Arc::clone(&ctx));
+        while let Some((stream, peer)) = rx.recv().await {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    tokio::spawn(http::serve_connection(
+                        stream,
+                        peer,
+                        router.clone(),
+                        Arc::clone(&ctx),
+                    ));
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "dropping a connection"),
+            }
+        }
+        ctx.sessions.close();
+        let grace = gateway.config.shutdown_grace();
+        if tokio::time::timeout(grace, ctx.sessions.wait()).await.is_err() {
+            tracing::warn!(
+                shard,
+                remaining = ctx.sessions.len(),
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace period ended before every session had closed; dropping the rest"
+            );
+        }
+    });
+}

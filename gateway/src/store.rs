@@ -1,0 +1,223 @@
+//! The snapshot store: the latest quote of every symbol, readable by any task without locks.
+//!
+//! Symbols are interned to dense ids once; the hot path indexes vectors, never hashes names.
+//! Each symbol keeps its latest [`Snapshot`] (the quote and its frames, encoded once by the feed
+//! side) and a short ring of the previous ones, from which a writer whose client keeps up sends
+//! every update in order. The store never blocks the feed and never encodes per client.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use proto::{Quote, QuoteFrames};
+
+use crate::fanout::Slot;
+
+/// Frames kept per symbol for catch-up. A writer more than this many updates behind on a
+/// symbol jumps to the latest (conflation). 8 covers a writer that misses a few wake-ups at
+/// the hottest symbol's pace, at ~1.6 KiB per symbol.
+pub const HISTORY: usize = 8;
+
+/// Dense symbol id.
+pub type SymbolId = u32;
+
+/// One update of one symbol, encoded once.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub quote: Quote,
+    pub frames: QuoteFrames,
+}
+
+/// A symbol's subscribers on one shard, and whether the shard's fan-out has it queued.
+#[derive(Default)]
+pub struct ShardSubscribers {
+    /// Read without locks by the fan-out; replaced copy-on-write on (rare) subscription changes.
+    pub slots: ArcSwap<Vec<Arc<Slot>>>,
+    /// Set while the symbol sits in the shard's queue, so an update queues it at most once.
+    pub queued: AtomicBool,
+}
+
+/// Everything the gateway holds for one symbol.
+pub struct SymbolEntry {
+    pub id: SymbolId,
+    pub name: Box<str>,
+    pub precision: u8,
+    latest: ArcSwapOption<Snapshot>,
+    history: [ArcSwapOption<Snapshot>; HISTORY],
+    /// One list per shard.
+    pub shards: Box<[ShardSubscribers]>,
+}
+
+impl SymbolEntry {
+    /// The latest snapshot, if the symbol has had an update.
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.latest.load_full()
+    }
+
+    /// The snapshot with exactly this `seq`, if it is still in the ring.
+    pub fn at_seq(&self, seq: u64) -> Option<Arc<Snapshot>> {
+        let snap = self.history[(seq % HISTORY as u64) as usize].load_full()?;
+        (snap.quote.seq == seq).then_some(snap)
+    }
+
+    fn store(&self, snap: Arc<Snapshot>) {
+        self.history[(snap.quote.seq % HISTORY as u64) as usize].store(Some(snap.clone()));
+        self.latest.store(Some(snap));
+    }
+}
+
+/// The interned symbols; replaced whole (copy-on-write) if a feed introduces a new symbol.
+pub struct SymbolTable {
+    pub entries: Vec<Arc<SymbolEntry>>,
+    by_name: HashMap<Box<str>, SymbolId>,
+}
+
+impl SymbolTable {
+    pub fn get(&self, name: &str) -> Option<&Arc<SymbolEntry>> {
+        self.by_name.get(name).map(|&id| &self.entries[id as usize])
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Whether a name may be a symbol: short, and nothing a JSON string or a URL would escape.
+pub fn valid_symbol_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':'))
+}
+
+/// The store itself.
+pub struct SnapshotStore {
+    table: ArcSwap<SymbolTable>,
+    shards: usize,
+    /// Wall-clock time of the last update, ns since the epoch (0: none yet).
+    last_update_ns: AtomicU64,
+    updates: AtomicU64,
+}
+
+impl SnapshotStore {
+    /// A store for `symbols` (name, precision), fanned out to `shards` shards.
+    pub fn new(symbols: impl IntoIterator<Item = (String, u8)>, shards: usize) -> SnapshotStore {
+        let store = SnapshotStore {
+            table: ArcSwap::from_pointee(SymbolTable {
+                entries: Vec::new(),
+                by_name: HashMap::new(),
+            }),
+            shards,
+            last_update_ns: AtomicU64::new(0),
+            updates: AtomicU64::new(0),
+        };
+        for (name, precision) in symbols {
+            store.intern(&name, precision);
+        }
+        store
+    }
+
+    /// The current symbol table.
+    pub fn table(&self) -> arc_swap::Guard<Arc<SymbolTable>> {
+        self.table.load()
+    }
+
+    /// The current symbol table, owned (for holding across `.await`).
+    pub fn table_full(&self) -> Arc<SymbolTable> {
+        self.table.load_full()
+    }
+
+    /// The id of `name`, adding it if new (copy-on-write of the table). `None` for an invalid name.
+    pub fn intern(&self, name: &str, precision: u8) -> Option<SymbolId> {
+        if let Some(entry) = self.table.load().get(name) {
+            return Some(entry.id);
+        }
+        if !valid_symbol_name(name) {
+            return None;
+        }
+        let mut id = 0;
+        self.table.rcu(|table| {
+            if let Some(entry) = table.get(name) {
+                id = entry.id;
+                return Arc::clone(table);
+            }
+            id = table.entries.len() as SymbolId;
+            let mut entries = table.entries.clone();
+            let mut by_name = table.by_name.clone();
+            entries.push(Arc::new(SymbolEntry {
+                id,
+                name: name.into(),
+                precision,
+                latest: ArcSwapOption::empty(),
+                history: Default::default(),
+                shards: (0..self.shards).map(|_| ShardSubscribers::default()).collect(),
+            }));
+            by_name.insert(name.into(), id);
+            Arc::new(SymbolTable { entries, by_name })
+        });
+        Some(id)
+    }
+
+    /// Stores an update: encodes it once and makes it the symbol's latest. Returns the entry,
+    /// for the caller to fan out. A quote whose `seq` is not above the latest is dropped
+    /// (`None`): a symbol's `seq` never goes backwards.
+    pub fn publish(&self, id: SymbolId, quote: Quote, now_ns: u64) -> Option<Arc<SymbolEntry>> {
+        let entry = Arc::clone(self.table.load().entries.get(id as usize)?);
+        if entry.latest.load().as_ref().is_some_and(|s| s.quote.seq >= quote.seq) {
+            return None;
+        }
+        let frames = quote.encode(&entry.name, entry.precision);
+        entry.store(Arc::new(Snapshot { quote, frames }));
+        self.last_update_ns.store(now_ns, Ordering::Relaxed);
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// Wall-clock ns of the last update, 0 if none.
+    pub fn last_update_ns(&self) -> u64 {
+        self.last_update_ns.load(Ordering::Relaxed)
+    }
+
+    /// Updates stored since start.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::Price;
+
+    fn quote(seq: u64) -> Quote {
+        Quote { seq, bid: Price(100), ask: Price(101), last: Price(100), ..Quote::default() }
+    }
+
+    #[test]
+    fn keeps_the_latest_and_a_ring_of_previous_updates() {
+        let store = SnapshotStore::new([("AAPL".to_string(), 2)], 1);
+        for seq in 1..=20 {
+            store.publish(0, quote(seq), seq).unwrap();
+        }
+        let entry = Arc::clone(&store.table().entries[0]);
+        assert_eq!(entry.latest().unwrap().quote.seq, 20);
+        assert_eq!(entry.at_seq(13).unwrap().quote.seq, 13);
+        assert!(entry.at_seq(12).is_none(), "older than the ring");
+        assert!(store.publish(0, quote(20), 21).is_none(), "seq must rise");
+        assert_eq!(store.updates(), 20);
+    }
+
+    #[test]
+    fn interning_is_idempotent_and_rejects_odd_names() {
+        let store = SnapshotStore::new([("AAPL".to_string(), 2)], 2);
+        assert_eq!(store.intern("AAPL", 2), Some(0));
+        assert_eq!(store.intern("MSFT", 2), Some(1));
+        assert_eq!(store.intern("bad\"name", 2), None);
+        assert_eq!(store.table().get("MSFT").unwrap().shards.len(), 2);
+    }
+}

@@ -1,0 +1,17 @@
+//! WebSocket close codes of the contract (section 4) and their reasons.
+
+/// A close the server initiates: the code and the reason text sent with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCause {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+pub const NORMAL: CloseCause = CloseCause { code: 1000, reason: "normal closure" };
+pub const GOING_AWAY: CloseCause = CloseCause { code: 1001, reason: "server shutting down" };
+pub const POLICY_RATE: CloseCause = CloseCause { code: 1008, reason: "request rate exceeded" };
+pub const POLICY_ERRORS: CloseCause = CloseCause { code: 1008, reason: "error budget exceeded" };
+pub const MESSAGE_TOO_BIG: CloseCause = CloseCause { code: 1009, reason: "message too big" };
+pub const INTERNAL: CloseCause = CloseCause { code: 1011, reason: "internal error" };
+pub const HEARTBEAT_TIMEOUT: CloseCause = CloseCause { code: 4000, reason: "heartbeat timeout" };
+pub const SLOW_CONSUMER: CloseCause = CloseCause { code: 4008, reason: "slow consumer" };

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, and nothing that is already there.
+# Idempotent: `make test` runs it every time; a second run takes a second.
+#   - Debian packages: prometheus (+ promtool), nats-server, chromium (headless browser tests)
+#   - Python: websockets (the example clients and the end-to-end tests)
+#   - Node: playwright-core for the browser test (uses the system Chromium, never downloads one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+  echo "setup: installing Python package websockets"
+  python3 -m pip install --quiet --disable-pip-version-check 'websockets>=12'
+fi
+
+if [ -f gateway/tests/browser/package.json ] && [ ! -d gateway/tests/browser/node_modules/playwright-core ]; then
+  echo "setup: installing playwright-core (npm) for the browser test"
+  (cd gateway/tests/browser && npm install --no-audit --no-fund --silent)
+fi
+if [ -f examples/node/package.json ] && [ ! -d examples/node/node_modules/ws ]; then
+  echo "setup: installing ws (npm) for the Node example client"
+  (cd examples/node && npm install --no-audit --no-fund --silent)
+fi
+echo "setup: ok (prometheus, nats-server, chromium, python websockets, playwright-core, ws)"
