@@ -1,15 +1,15 @@
 # The two commands: `make run` and `make test`. Everything else is a building block of those,
 # or an operator's tool (observe, bench).
 CARGO      ?= cargo
-GATEWAY    := target/debug/gateway
-export GATEWAY_BIN := $(CURDIR)/$(GATEWAY)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
 
 .PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
 	$(CARGO) build --release -p gateway
-	./target/release/gateway
+	$(TARGET_DIR)/release/gateway
 
 ## test: install what the tests need, lint, then every test suite
 test: setup lint test-rust test-examples test-browser test-prometheus

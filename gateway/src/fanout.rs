@@ -35,6 +35,9 @@ pub struct Slot {
     /// `seq` of the last message this session got for the symbol.
     pub last_seq: AtomicU64,
     pub throttle_ms: AtomicU32,
+    /// A snapshot was asked for before the symbol had any quote: its first message is then a
+    /// `snapshot`, never a `quote`.
+    pub snapshot_due: AtomicBool,
     /// Earliest time (ns on the session's monotonic clock) the next throttled quote may go.
     pub next_send_ns: AtomicU64,
 }
@@ -49,6 +52,7 @@ impl Slot {
             next: AtomicPtr::new(ptr::null_mut()),
             last_seq: AtomicU64::new(0),
             throttle_ms: AtomicU32::new(throttle_ms),
+            snapshot_due: AtomicBool::new(false),
             next_send_ns: AtomicU64::new(0),
         })
     }

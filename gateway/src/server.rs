@@ -168,6 +168,9 @@ pub async fn run(
     }
 
     let feed_stop = Arc::new(AtomicBool::new(false));
+    // If this future is dropped before it returns (its runtime ends), stop the threads too.
+    let _stop_on_drop =
+        StopOnDrop { feed: Arc::clone(&feed_stop), sessions: gateway.shutdown.clone() };
     let publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
     let feed_thread = spawn_simulator(sim, config.sim_rate, publisher, Arc::clone(&feed_stop));
     tracing::info!(
@@ -278,4 +281,17 @@ fn run_shard(
             );
         }
     });
+}
+
+/// Stops the feed thread and every session when [`run`] ends or is dropped.
+struct StopOnDrop {
+    feed: Arc<AtomicBool>,
+    sessions: CancellationToken,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.feed.store(true, Ordering::Relaxed);
+        self.sessions.cancel();
+    }
 }

@@ -14,10 +14,11 @@ use proto::{Quote, QuoteFrames};
 
 use crate::fanout::Slot;
 
-/// Frames kept per symbol for catch-up. A writer more than this many updates behind on a
-/// symbol jumps to the latest (conflation). 8 covers a writer that misses a few wake-ups at
-/// the hottest symbol's pace, at ~1.6 KiB per symbol.
-pub const HISTORY: usize = 8;
+/// Updates kept per symbol for catch-up. A writer more than this many updates behind on a
+/// symbol jumps to the latest (conflation). 32 covers ~100 ms of the hottest simulated symbol
+/// at the default rate (a writer descheduled that long still misses nothing), for ~25 KiB
+/// per symbol (12 MiB at 500 symbols).
+pub const HISTORY: usize = 32;
 
 /// Dense symbol id.
 pub type SymbolId = u32;

@@ -290,11 +290,16 @@ where
             let (slot, new) = self.subs.add(symbol, throttle_ms);
             let latest = entry.latest();
             if snapshot {
-                if let Some(latest) = latest {
-                    slot.last_seq.store(latest.quote.seq, Ordering::Relaxed);
-                    slot.next_send_ns
-                        .store(now + u64::from(throttle_ms) * 1_000_000, Ordering::Relaxed);
-                    self.send(MsgType::Snapshot, latest.frames.snapshot.clone()).await?;
+                match latest {
+                    Some(latest) => {
+                        slot.last_seq.store(latest.quote.seq, Ordering::Relaxed);
+                        slot.next_send_ns
+                            .store(now + u64::from(throttle_ms) * 1_000_000, Ordering::Relaxed);
+                        self.send(MsgType::Snapshot, latest.frames.snapshot.clone()).await?;
+                    }
+                    // No quote yet (the feed has not reached this symbol): the first one will
+                    // go out as this snapshot.
+                    None => slot.snapshot_due.store(true, Ordering::Relaxed),
                 }
             } else if new {
                 // No snapshot asked for: quotes start with the next update.
@@ -376,6 +381,12 @@ where
             let last = slot.last_seq.load(Ordering::Relaxed);
             let target = latest.quote.seq;
             if target <= last {
+                continue;
+            }
+            if slot.snapshot_due.swap(false, Ordering::Relaxed) {
+                result = self.send(MsgType::Snapshot, latest.frames.snapshot.clone()).await;
+                slot.last_seq.store(target, Ordering::Relaxed);
+                slot.next_send_ns.store(now + throttle_ns, Ordering::Relaxed);
                 continue;
             }
             let mut next = last + 1;
