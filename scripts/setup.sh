@@ -22,7 +22,7 @@ fi
 
 if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   echo "setup: installing Python package websockets"
-  python3 -m pip install --quiet --disable-pip-version-check 'websockets>=12'
+  python3 -m pip install --quiet --disable-pip-version-check 'websockets>=14'
 fi
 
 if [ -f gateway/tests/browser/package.json ] && [ ! -d gateway/tests/browser/node_modules/playwright-core ]; then

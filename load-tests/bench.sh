@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# `make bench`: release builds, then issue 5's scenarios (a)–(f) against a release gateway on
+# loopback, and the results table in docs/benchmarks.md (between its bench:begin/end markers;
+# the rest of that file is hand-written and kept).
+#
+# The gateway runs pinned to core 0 with one shard, the tester pinned to core 1, where the
+# machine has two cores and taskset. Every gateway started here is stopped by its PID.
+#
+# Environment:
+#   BENCH_QUICK=1      shorter runs (a smoke test of this script, not figures to publish)
+#   BENCH_OUT=FILE     write the report there instead of docs/benchmarks.md
+#   CARGO_TARGET_DIR   where the release binaries are built (default: ./target)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
+QUICK=${BENCH_QUICK:-0}
+S=500 # symbols
+K=10  # symbols per client
+
+# Run lengths (seconds): measured window and warmup per scenario.
+if [[ $QUICK == 1 ]]; then
+    DUR=4; WARM=1; DUR_LONG=6; SEARCH_DUR=3
+else
+    DUR=20; WARM=3; DUR_LONG=30; SEARCH_DUR=8
+fi
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "building release binaries"
+cargo build --release -p gateway -p load-tests
+GW_BIN=$TARGET_DIR/release/gateway
+LT_BIN=$TARGET_DIR/release/load-tests
+
+GW_PIN=()
+LT_PIN=()
+if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+    GW_PIN=(taskset -c 0)
+    LT_PIN=(taskset -c 1)
+fi
+
+WORK=$(mktemp -d /tmp/bench.XXXXXX)
+GW_PID=""
+GW_PORT=""
+cleanup() {
+    if [[ -n $GW_PID ]]; then
+        kill "$GW_PID" 2>/dev/null || true
+        wait "$GW_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+COMMANDS=$WORK/commands.txt
+: >"$COMMANDS"
+
+# start_gateway RATE [extra flags…]: sets GW_PID, GW_PORT
+start_gateway() {
+    local rate=$1
+    shift
+    local args=(--listen 127.0.0.1:0 --shards 1 --sim-symbols "$S" --sim-rate "$rate" "$@")
+    echo "${GW_PIN[*]} gateway ${args[*]}" >>"$COMMANDS"
+    "${GW_PIN[@]}" "$GW_BIN" "${args[@]}" >"$WORK/gw.out" 2>"$WORK/gw.err" &
+    GW_PID=$!
+    for _ in $(seq 100); do
+        GW_PORT=$(sed -nE 's#.*http://[0-9.]+:([0-9]+)/.*#\1#p' "$WORK/gw.out" | head -n1)
+        [[ -n $GW_PORT ]] && break
+        sleep 0.1
+    done
+    if [[ -z $GW_PORT ]]; then
+        log "the gateway did not start:"
+        cat "$WORK/gw.err" >&2
+        exit 2
+    fi
+    # Let the feed and the shards settle before the RSS baseline and the first connection.
+    sleep 1
+}
+
+stop_gateway() {
+    kill "$GW_PID" 2>/dev/null || true
+    wait "$GW_PID" 2>/dev/null || true
+    GW_PID=""
+    # Let the sessions' sockets leave the loopback before the next gateway starts.
+    sleep 1
+}
+
+# run_lt NAME [flags…]: one load-tests run against the current gateway, report in $WORK/NAME.json
+run_lt() {
+    local name=$1
+    shift
+    local args=(--url "ws://127.0.0.1:$GW_PORT/ws" -k "$K" --gateway-pid "$GW_PID" "$@")
+    echo "${LT_PIN[*]} load-tests ${args[*]} --json $name.json" >>"$COMMANDS"
+    local rc=0
+    "${LT_PIN[@]}" "$LT_BIN" "${args[@]}" --json "$WORK/$name.json" \
+        >"$WORK/$name.summary" 2>"$WORK/$name.progress" || rc=$?
+    if [[ $rc -ge 2 || ! -s $WORK/$name.json ]]; then
+        log "load-tests failed for $name (exit $rc):"
+        tail -n 20 "$WORK/$name.progress" >&2
+        exit 2
+    fi
+    log "$name: $(jget "$WORK/$name.json" total.deliveries_per_sec) deliveries/s," \
+        "fast p99 $(jget "$WORK/$name.json" fast.age_ms.p99) ms," \
+        "gateway cpu $(jget "$WORK/$name.json" gateway.cpu_percent_of_core)%"
+}
+
+# jget FILE a.b.c: one value of a JSON report
+jget() {
+    python3 - "$1" "$2" <<'EOF'
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v = v.get(k) if isinstance(v, dict) else None
+print("null" if v is None else (f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else v))
+EOF
+}
+
+# le A B: A <= B (floats)
+le() { python3 -c "import sys; sys.exit(0 if float('$1') <= float('$2') else 1)"; }
+
+# ---- (a) standard workload ---------------------------------------------------------------
+log "(a) standard: R=2000, C=1000"
+start_gateway 2000
+run_lt a_standard -c 1000 --ramp-rate 2000 --warmup "$WARM" --duration "$DUR"
+stop_gateway
+
+# ---- (b) maximum sustained deliveries/s: raise R until p99 > 100 ms -----------------------
+# Deliveries/s if every update is delivered: C × K × R / S. Start at 50k/s, ×1.5 a step up
+# while p99 ≤ 100 ms; if even the first step misses, ÷2 a step down (at most 4).
+# Sets SEARCH_R (highest R that kept p99 ≤ 100 ms, 0 if none), SEARCH_NAME (its run),
+# SEARCH_FAIL (lowest R that did not, "none" if none did within the steps).
+search_step() { # search_step C TAG R: one run; succeeds when its p99 ≤ 100 ms
+    local name="b_${2}_r$3"
+    start_gateway "$3"
+    run_lt "$name" -c "$1" --ramp-rate 2000 --warmup 2 --duration "$SEARCH_DUR"
+    stop_gateway
+    le "$(jget "$WORK/$name.json" fast.age_ms.p99)" 100
+}
+search() {
+    local c=$1 tag=$2
+    local r=$((50000 * S / (c * K)))
+    SEARCH_R=0
+    SEARCH_NAME=none
+    SEARCH_FAIL=none
+    local step
+    for step in $(seq 1 9); do
+        if search_step "$c" "$tag" "$r"; then
+            SEARCH_R=$r
+            SEARCH_NAME="b_${tag}_r$r"
+            r=$((r * 3 / 2))
+        else
+            SEARCH_FAIL=$r
+            break
+        fi
+    done
+    if [[ $SEARCH_R -eq 0 ]]; then
+        for step in $(seq 1 4); do
+            r=$((r / 2))
+            [[ $r -ge 1 ]] || break
+            if search_step "$c" "$tag" "$r"; then
+                SEARCH_R=$r
+                SEARCH_NAME="b_${tag}_r$r"
+                break
+            fi
+            SEARCH_FAIL=$r
+        done
+    fi
+    # One bisection step between the last pass and the first failure.
+    if [[ $SEARCH_R -gt 0 && $SEARCH_FAIL != none ]]; then
+        r=$(((SEARCH_R + SEARCH_FAIL) / 2))
+        if search_step "$c" "$tag" "$r"; then
+            SEARCH_R=$r
+            SEARCH_NAME="b_${tag}_r$r"
+        fi
+    fi
+}
+log "(b) maximum sustained, C=1000"
+search 1000 c1000
+B1_R=$SEARCH_R B1_NAME=$SEARCH_NAME B1_FAIL=$SEARCH_FAIL
+log "(b) maximum sustained, C=5000"
+search 5000 c5000
+B5_R=$SEARCH_R B5_NAME=$SEARCH_NAME B5_FAIL=$SEARCH_FAIL
+
+# ---- (c) overload at twice the maximum -----------------------------------------------------
+overload() {
+    local c=$1 r=$2 name=$3
+    start_gateway "$r"
+    run_lt "$name" -c "$c" --ramp-rate 2000 --warmup "$WARM" --duration "$DUR"
+    stop_gateway
+}
+C1_R=$((B1_R > 0 ? 2 * B1_R : 2 * 50000 * S / (1000 * K)))
+C5_R=$((B5_R > 0 ? 2 * B5_R : 2 * 50000 * S / (5000 * K)))
+log "(c) overload, C=1000, R=$C1_R"
+overload 1000 "$C1_R" c_c1000
+log "(c) overload, C=5000, R=$C5_R"
+overload 5000 "$C5_R" c_c5000
+
+# ---- (d) memory per idle subscribed session at 10,000 sessions ------------------------------
+log "(d) 10,000 idle subscribed sessions"
+start_gateway 1
+run_lt d_idle -c 10000 --ramp-rate 2500 --warmup 2 --duration 3
+stop_gateway
+
+# ---- (e) 10% stuck clients beside fast ones --------------------------------------------------
+log "(e) standard load with 10% stuck clients"
+start_gateway 2000
+run_lt e_stuck -c 1000 --ramp-rate 2000 --stuck-fraction 0.1 --warmup "$WARM" --duration "$DUR_LONG"
+stop_gateway
+
+# ---- (f) the most sessions one process holds --------------------------------------------------
+log "(f) sessions until failure or 19,500 (2 worker processes, 2 source addresses)"
+start_gateway 200 --max-connections 20000
+run_lt f_sessions -c 19500 --ramp-rate 1500 --clients-per-process 9750 --warmup 5 --duration 5 \
+    --connect-timeout-ms 20000
+stop_gateway
+
+# ---- the report --------------------------------------------------------------------------------
+log "writing $OUT"
+MACHINE_CPU=$(lscpu 2>/dev/null | sed -nE 's/^Model name:[[:space:]]+//p' | head -n1)
+MACHINE_CORES=$(nproc)
+KERNEL=$(uname -r)
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+export WORK OUT S K QUICK MACHINE_CPU MACHINE_CORES KERNEL LOAD_BEFORE LOAD_AFTER
+export B1_R B1_NAME B1_FAIL B5_R B5_NAME B5_FAIL C1_R C5_R
+export PINNED=$([[ ${#GW_PIN[@]} -gt 0 ]] && echo yes || echo no)
+python3 "$ROOT/load-tests/bench_report.py"
+log "done: $OUT"

@@ -1,0 +1,437 @@
+//! The run's outcome: the JSON report (`--json`), the human summary, and the SLO checks that
+//! decide the exit code. Built once, from the merged worker figures.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::Cli;
+use crate::gateway_metrics::GatewayMetrics;
+use crate::stats::{Class, ClassStats, ConnectStats};
+
+/// Percentiles of a histogram, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// `unit_ms`: how many histogram units make a millisecond.
+    fn of(h: &Histogram<u64>, unit_ms: f64) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles {
+                count: 0,
+                min: 0.0,
+                mean: 0.0,
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                max: 0.0,
+            };
+        }
+        let q = |x: f64| h.value_at_quantile(x) as f64 / unit_ms;
+        Percentiles {
+            count: h.len(),
+            min: h.min() as f64 / unit_ms,
+            mean: h.mean() / unit_ms,
+            p50: q(0.50),
+            p90: q(0.90),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: h.max() as f64 / unit_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassReport {
+    pub clients: u64,
+    pub connected: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub age_ms: Percentiles,
+    pub seq_jumps: u64,
+    pub missed_updates: u64,
+    pub order_violations: u64,
+    pub snapshots: u64,
+    pub welcomes: u64,
+    pub acks: u64,
+    pub heartbeats: u64,
+    pub pongs: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub closes_by_code: BTreeMap<String, u64>,
+    pub unexpected_symbols: u64,
+    pub welcome_not_first: u64,
+    pub parse_errors: u64,
+    pub protocol_errors: u64,
+}
+
+impl ClassReport {
+    fn of(c: &ClassStats, window_s: f64) -> ClassReport {
+        ClassReport {
+            clients: c.clients,
+            connected: c.connected,
+            deliveries: c.deliveries,
+            deliveries_per_sec: c.deliveries as f64 / window_s,
+            age_ms: Percentiles::of(&c.age_ns, 1e6),
+            seq_jumps: c.seq_jumps,
+            missed_updates: c.missed_updates,
+            order_violations: c.order_violations,
+            snapshots: c.snapshots,
+            welcomes: c.welcomes,
+            acks: c.acks,
+            heartbeats: c.heartbeats,
+            pongs: c.pongs,
+            errors_by_code: c.errors_by_code.clone(),
+            closes_by_code: c.closes_by_code.clone(),
+            unexpected_symbols: c.unexpected_symbols,
+            welcome_not_first: c.welcome_not_first,
+            parse_errors: c.parse_errors,
+            protocol_errors: c.protocol_errors,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectReport {
+    pub attempts: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub failures_by_reason: BTreeMap<String, u64>,
+    /// TCP connect + WebSocket upgrade.
+    pub latency_ms: Percentiles,
+    pub peak_open: u64,
+    pub open_at_window_start: u64,
+    pub open_at_window_end: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub url: String,
+    pub clients: u64,
+    pub ramp_rate: f64,
+    pub subs: usize,
+    pub symbols_available: usize,
+    pub dist: String,
+    pub zipf_s: f64,
+    pub throttle_ms: u64,
+    pub slow_clients: u64,
+    pub slow_rate: f64,
+    pub stuck_clients: u64,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub workers: usize,
+    pub source_addrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuReport {
+    pub processes: usize,
+    pub cpu_seconds: f64,
+    /// CPU seconds per second of the measured window, in % of one core.
+    pub cpu_percent_of_core: f64,
+    /// Seconds its threads were runnable but waited for a CPU, in the window: well above zero,
+    /// the machine was busy with something else and the latencies include that wait.
+    pub run_queue_wait_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GatewayReport {
+    pub pid: u32,
+    pub cpu_seconds: Option<f64>,
+    pub cpu_percent_of_core: Option<f64>,
+    /// Seconds the gateway's threads waited for a CPU in the window (see `CpuReport`).
+    pub run_queue_wait_seconds: Option<f64>,
+    /// RSS before the first client connected, at the window's start and end, and the most seen.
+    pub rss_kib_before: Option<u64>,
+    pub rss_kib_window_start: Option<u64>,
+    pub rss_kib_window_end: Option<u64>,
+    pub rss_kib_max: Option<u64>,
+    /// (RSS at window end − RSS before) / sessions open at window end.
+    pub rss_bytes_per_session: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub age_ms: Percentiles,
+    pub seq_jumps: u64,
+    pub missed_updates: u64,
+    pub order_violations: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub closes_by_code: BTreeMap<String, u64>,
+    pub unexpected_symbols: u64,
+    pub welcome_not_first: u64,
+    pub parse_errors: u64,
+    pub protocol_errors: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub limit: f64,
+    pub value: f64,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Slo {
+    pub passed: bool,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub started_at_unix_ns: u64,
+    pub settings: Settings,
+    pub window_seconds: f64,
+    pub connect: ConnectReport,
+    pub total: Totals,
+    pub fast: ClassReport,
+    pub slow: ClassReport,
+    pub stuck: ClassReport,
+    pub tester: CpuReport,
+    pub gateway: Option<GatewayReport>,
+    /// The gateway's `/metrics` over the window (absent with `--no-gateway-metrics` or when it
+    /// could not be read).
+    pub gateway_metrics: Option<GatewayMetrics>,
+    pub slo: Slo,
+}
+
+/// The merged figures of every worker.
+pub struct Merged {
+    pub classes: Vec<ClassStats>,
+    pub connect: ConnectStats,
+    pub peak_open: u64,
+    pub open_at_window_start: u64,
+    pub open_at_window_end: u64,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        cli: &Cli,
+        settings: Settings,
+        started_at_unix_ns: u64,
+        window_s: f64,
+        m: &Merged,
+        tester: CpuReport,
+        gateway: Option<GatewayReport>,
+        gateway_metrics: Option<GatewayMetrics>,
+    ) -> Report {
+        let class = |c: Class| ClassReport::of(&m.classes[c.index()], window_s);
+        let mut all = ClassStats::new();
+        for c in &m.classes {
+            all.merge(c);
+        }
+        let total = Totals {
+            deliveries: all.deliveries,
+            deliveries_per_sec: all.deliveries as f64 / window_s,
+            age_ms: Percentiles::of(&all.age_ns, 1e6),
+            seq_jumps: all.seq_jumps,
+            missed_updates: all.missed_updates,
+            order_violations: all.order_violations,
+            errors_by_code: all.errors_by_code.clone(),
+            closes_by_code: all.closes_by_code.clone(),
+            unexpected_symbols: all.unexpected_symbols,
+            welcome_not_first: all.welcome_not_first,
+            parse_errors: all.parse_errors,
+            protocol_errors: all.protocol_errors,
+        };
+        let fast = class(Class::Fast);
+        let connect = ConnectReport {
+            attempts: m.connect.attempts,
+            successes: m.connect.successes,
+            failures: m.connect.failures(),
+            failures_by_reason: m.connect.failures_by_reason.clone(),
+            latency_ms: Percentiles::of(&m.connect.latency_us, 1e3),
+            peak_open: m.peak_open,
+            open_at_window_start: m.open_at_window_start,
+            open_at_window_end: m.open_at_window_end,
+        };
+
+        let mut checks = Vec::new();
+        let mut check = |name: &str, limit: f64, value: f64, passed: bool| {
+            checks.push(Check { name: name.into(), limit, value, passed })
+        };
+        if let Some(limit) = cli.max_p99_ms {
+            // The fast clients' tail is the SLO; slow and stuck ones lag by design.
+            let p99 = if fast.age_ms.count > 0 { fast.age_ms.p99 } else { total.age_ms.p99 };
+            let measured = fast.age_ms.count > 0 || total.age_ms.count > 0;
+            check("max_p99_ms", limit, p99, measured && p99 <= limit);
+        }
+        if let Some(limit) = cli.min_deliveries_per_sec {
+            let v = total.deliveries_per_sec;
+            check("min_deliveries_per_sec", limit, v, v >= limit);
+        }
+        let v = total.order_violations;
+        check(
+            "max_order_violations",
+            cli.max_order_violations as f64,
+            v as f64,
+            v <= cli.max_order_violations,
+        );
+        if let Some(limit) = cli.max_connect_failures {
+            let v = connect.failures;
+            check("max_connect_failures", limit as f64, v as f64, v <= limit);
+        }
+        let passed = checks.iter().all(|c| c.passed);
+
+        Report {
+            tool: "load-tests".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at_unix_ns,
+            settings,
+            window_seconds: window_s,
+            connect,
+            total,
+            fast,
+            slow: class(Class::Slow),
+            stuck: class(Class::Stuck),
+            tester,
+            gateway,
+            gateway_metrics,
+            slo: Slo { passed, checks },
+        }
+    }
+
+    /// The human summary printed at the end.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let st = &self.settings;
+        let _ = writeln!(
+            s,
+            "load-tests: {} clients × {} symbols ({}) against {}, {:.1} s measured after {:.1} s warmup",
+            st.clients, st.subs, st.dist, st.url, self.window_seconds, st.warmup_s
+        );
+        let c = &self.connect;
+        let _ = writeln!(
+            s,
+            "  connect   : {} ok, {} failed {:?}; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms; \
+             open at window start/end {}/{}, peak {}",
+            c.successes,
+            c.failures,
+            c.failures_by_reason,
+            c.latency_ms.p50,
+            c.latency_ms.p99,
+            c.latency_ms.max,
+            c.open_at_window_start,
+            c.open_at_window_end,
+            c.peak_open
+        );
+        let t = &self.total;
+        let _ = writeln!(
+            s,
+            "  total     : {} deliveries, {:.0}/s; seq jumps {} ({} updates missed); \
+             order violations {}; errors {:?}; closes {:?}",
+            t.deliveries,
+            t.deliveries_per_sec,
+            t.seq_jumps,
+            t.missed_updates,
+            t.order_violations,
+            t.errors_by_code,
+            t.closes_by_code
+        );
+        if t.parse_errors + t.protocol_errors + t.unexpected_symbols + t.welcome_not_first > 0 {
+            let _ = writeln!(
+                s,
+                "  PROBLEMS  : parse errors {}, protocol errors {}, unexpected symbols {}, \
+                 welcome not first {}",
+                t.parse_errors, t.protocol_errors, t.unexpected_symbols, t.welcome_not_first
+            );
+        }
+        for (name, r) in [("fast", &self.fast), ("slow", &self.slow), ("stuck", &self.stuck)] {
+            if r.clients == 0 {
+                continue;
+            }
+            let a = &r.age_ms;
+            let _ = writeln!(
+                s,
+                "  {name:<10}: {} clients ({} connected), {:.0} deliveries/s; age ms p50 {:.3} \
+                 p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; seq jumps {}; violations {}; closes {:?}",
+                r.clients,
+                r.connected,
+                r.deliveries_per_sec,
+                a.p50,
+                a.p90,
+                a.p99,
+                a.p999,
+                a.max,
+                r.seq_jumps,
+                r.order_violations,
+                r.closes_by_code
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  tester    : {:.1}% of a core ({} process{}); waited {:.2} s for a CPU",
+            self.tester.cpu_percent_of_core,
+            self.tester.processes,
+            if self.tester.processes == 1 { "" } else { "es" },
+            self.tester.run_queue_wait_seconds
+        );
+        if let Some(g) = &self.gateway {
+            let _ = writeln!(
+                s,
+                "  gateway   : pid {}, {} of a core, waited {} s for a CPU; RSS KiB before {} / \
+                 window end {} / max {}; per session {}",
+                g.pid,
+                g.cpu_percent_of_core.map_or("?".into(), |v| format!("{v:.1}%")),
+                g.run_queue_wait_seconds.map_or("?".into(), |v| format!("{v:.2}")),
+                opt(g.rss_kib_before),
+                opt(g.rss_kib_window_end),
+                opt(g.rss_kib_max),
+                g.rss_bytes_per_session.map_or("?".into(), |v| format!("{:.0} B", v)),
+            );
+        }
+        if let Some(m) = &self.gateway_metrics {
+            let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("≤ {v} ms"));
+            let n = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}"));
+            let _ = writeln!(
+                s,
+                "  /metrics  : gateway quote age (ts → write) p50 {} p99 {} p99.9 {}; feed {}/s; \
+                 quotes sent {}/s; conflated {}; slow-consumer closes {}",
+                ms(m.quote_age_p50_ms_at_most),
+                ms(m.quote_age_p99_ms_at_most),
+                ms(m.quote_age_p999_ms_at_most),
+                n(m.feed_updates_per_sec),
+                n(m.quotes_sent_per_sec),
+                n(m.conflated_updates),
+                n(m.slow_consumer_closes),
+            );
+        }
+        for ch in &self.slo.checks {
+            let _ = writeln!(
+                s,
+                "  SLO {:<24} limit {:<12} value {:<12.3} {}",
+                ch.name,
+                ch.limit,
+                ch.value,
+                if ch.passed { "met" } else { "MISSED" }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  result    : {}",
+            if self.slo.passed { "every SLO met" } else { "SLO MISSED" }
+        );
+        s
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
