@@ -63,21 +63,21 @@ impl Publisher {
 const MAX_CATCH_UP: Duration = Duration::from_millis(100);
 
 /// Runs the simulator on a thread of its own at `rate` updates per second until `stop`.
-/// Every symbol gets a first quote at once, so snapshots exist from the start.
+/// Every symbol gets its first quote before this returns, so snapshots exist from the start.
 pub fn spawn_simulator(
     mut sim: Simulator,
     rate: u32,
     mut publisher: Publisher,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
+    for i in 0..sim.symbols().len() {
+        let quote = sim.opening_quote(i, wall_ns());
+        publisher.publish(i as SymbolId, quote);
+    }
+    publisher.wake();
     std::thread::Builder::new()
         .name("feed-sim".into())
         .spawn(move || {
-            for i in 0..sim.symbols().len() {
-                let quote = sim.opening_quote(i, wall_ns());
-                publisher.publish(i as SymbolId, quote);
-            }
-            publisher.wake();
             let started = Instant::now();
             let mut sent: u64 = 0;
             let tick = Duration::from_millis(1);

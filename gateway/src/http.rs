@@ -36,6 +36,8 @@ pub struct ShardCtx {
     pub shard: usize,
     /// Sessions on this shard, awaited on shutdown.
     pub sessions: TaskTracker,
+    /// The shard's child of the gateway's shutdown token: its waiters and lock are the shard's.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Clone, Copy)]
@@ -160,8 +162,11 @@ async fn snapshot(
     let table = ctx.gateway.store.table();
     let mut out = vec![b'['];
     for (i, name) in list.split(',').map(str::trim).enumerate() {
-        let Some(latest) = table.get(name).and_then(|e| e.latest()) else {
+        let Some(entry) = table.get(name) else {
             return text(StatusCode::NOT_FOUND, format!("unknown symbol: {name}\n"));
+        };
+        let Some(latest) = entry.latest() else {
+            return text(StatusCode::NOT_FOUND, format!("no quote yet for symbol: {name}\n"));
         };
         if i > 0 {
             out.push(b',');
@@ -245,7 +250,13 @@ async fn upgrade(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let params = SessionParams { gateway: Arc::clone(gw), shard: ctx.shard, peer, entitlement };
+    let params = SessionParams {
+        gateway: Arc::clone(gw),
+        shard: ctx.shard,
+        peer,
+        entitlement,
+        shutdown: ctx.shutdown.clone(),
+    };
     let ws_config = gw.ws_config;
     let session = async move {
         let _permit = permit;

@@ -350,7 +350,10 @@ impl Metrics {
 
     /// Notes a writer's pending updates; the worst since the last scrape is exported.
     pub fn note_pending(&self, pending: u64) {
-        self.pending_max.fetch_max(pending, Ordering::Relaxed);
+        // A read first: the shared line is written only when a new worst appears.
+        if pending > self.pending_max.load(Ordering::Relaxed) {
+            self.pending_max.fetch_max(pending, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -248,13 +248,14 @@ fn run_shard(
             gateway: Arc::clone(&gateway),
             shard,
             sessions: TaskTracker::new(),
+            shutdown: gateway.shutdown.child_token(),
         });
         tokio::spawn(run_shard_fanout(
             shard,
             queue,
             Arc::clone(&gateway.store),
             Arc::clone(&gateway.metrics),
-            gateway.shutdown.clone(),
+            ctx.shutdown.clone(),
         ));
         let router = http::router(Arc::clone(&ctx));
         while let Some((stream, peer)) = rx.recv().await {

@@ -102,6 +102,8 @@ pub struct SessionParams {
     pub shard: usize,
     pub peer: SocketAddr,
     pub entitlement: Option<Arc<Entitlement>>,
+    /// Cancelled when the gateway stops (the shard's child of the gateway's token).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Runs a session over an upgraded connection until it ends.

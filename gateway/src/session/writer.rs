@@ -24,6 +24,7 @@ use proto::server::{self, ErrorCode, Limits};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 use super::io::Progress;
 use super::{Control, Ending, Resolved, SessionParams, CLOSE_GRACE};
@@ -41,6 +42,8 @@ pub struct Writer<S> {
     gw: Arc<Gateway>,
     shard: usize,
     session_id: String,
+    /// The shard's shutdown token.
+    shutdown: CancellationToken,
     signal: Arc<SessionSignal>,
     progress: Arc<Progress>,
     subs: Subscriptions,
@@ -83,6 +86,7 @@ where
             next_ping_ns: now + gw.config.ping_interval().as_nanos() as u64,
             gw,
             shard: params.shard,
+            shutdown: params.shutdown.clone(),
             session_id,
             signal,
             progress,
@@ -136,15 +140,18 @@ where
         self.send(MsgType::Welcome, welcome.into()).await?;
         self.flush().await?;
 
-        let shutdown = self.gw.shutdown.clone();
+        // Registered once for the session's life: polling a fresh one per wake-up would take
+        // the token's lock every time.
+        let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
         let sleep = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(sleep);
+        tokio::pin!(cancelled, sleep);
         loop {
             sleep.as_mut().reset(deadline_instant(self.next_deadline_ns()));
             let signal = &self.signal;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Err(Ending::Close(close::GOING_AWAY, EndReason::Shutdown)),
+                () = &mut cancelled => return Err(Ending::Close(close::GOING_AWAY, EndReason::Shutdown)),
                 control = self.rx.recv() => match control {
                     Some(control) => self.handle(control).await?,
                     None => return Err(Ending::Gone(EndReason::Client)),
@@ -436,17 +443,17 @@ where
 
     async fn io_feed(&mut self, message: Message) -> Step {
         let fut = self.sink.feed(message);
-        guard_io(fut, &self.progress, &self.gw).await
+        guard_io(fut, &self.progress, &self.gw.config, &self.shutdown).await
     }
 
     async fn flush(&mut self) -> Step {
         if self.unflushed == 0 && !self.progress.blocked.load(Ordering::Relaxed) {
             // Nothing framed since the last flush; control frames (pings) flush themselves.
             let fut = self.sink.flush();
-            return guard_io(fut, &self.progress, &self.gw).await;
+            return guard_io(fut, &self.progress, &self.gw.config, &self.shutdown).await;
         }
         let fut = self.sink.flush();
-        guard_io(fut, &self.progress, &self.gw).await?;
+        guard_io(fut, &self.progress, &self.gw.config, &self.shutdown).await?;
         self.unflushed = 0;
         self.gw.metrics.add_tally(&self.tally);
         self.tally = Tally::default();
@@ -459,29 +466,39 @@ where
 async fn guard_io(
     fut: impl Future<Output = Result<(), WsError>>,
     progress: &Progress,
-    gw: &Gateway,
+    config: &crate::Config,
+    shutdown: &CancellationToken,
 ) -> Step {
     tokio::pin!(fut);
-    let timeout = gw.config.slow_client_timeout().as_nanos() as u64;
+    // Fast path: a frame that fits the write buffer completes at once, with no timer and no
+    // shutdown registration (this runs once per message).
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return result.map_err(write_ending);
+    }
+    let timeout = config.slow_client_timeout().as_nanos() as u64;
     let started = mono_ns();
     loop {
         let since = progress.last_write_ns.load(Ordering::Relaxed).max(started);
         tokio::select! {
-            result = &mut fut => return result.map_err(|e| match e {
-                WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::Gone(EndReason::Client),
-                WsError::Io(_) => Ending::Gone(EndReason::IoError),
-                e => {
-                    tracing::warn!(error = %e, "session write failed");
-                    Ending::Gone(EndReason::Internal)
-                }
-            }),
+            result = &mut fut => return result.map_err(write_ending),
             () = tokio::time::sleep_until(deadline_instant(since + timeout)) => {
                 let since = progress.last_write_ns.load(Ordering::Relaxed).max(started);
                 if mono_ns() >= since + timeout {
                     return Err(Ending::Close(close::SLOW_CONSUMER, EndReason::SlowConsumer));
                 }
             }
-            () = gw.shutdown.cancelled() => return Err(Ending::Close(close::GOING_AWAY, EndReason::Shutdown)),
+            () = shutdown.cancelled() => return Err(Ending::Close(close::GOING_AWAY, EndReason::Shutdown)),
+        }
+    }
+}
+
+fn write_ending(e: WsError) -> Ending {
+    match e {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::Gone(EndReason::Client),
+        WsError::Io(_) => Ending::Gone(EndReason::IoError),
+        e => {
+            tracing::warn!(error = %e, "session write failed");
+            Ending::Gone(EndReason::Internal)
         }
     }
 }
