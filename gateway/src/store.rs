@@ -202,15 +202,17 @@ mod tests {
     #[test]
     fn keeps_the_latest_and_a_ring_of_previous_updates() {
         let store = SnapshotStore::new([("AAPL".to_string(), 2)], 1);
-        for seq in 1..=20 {
+        let last = 3 * HISTORY as u64;
+        for seq in 1..=last {
             store.publish(0, quote(seq), seq).unwrap();
         }
         let entry = Arc::clone(&store.table().entries[0]);
-        assert_eq!(entry.latest().unwrap().quote.seq, 20);
-        assert_eq!(entry.at_seq(13).unwrap().quote.seq, 13);
-        assert!(entry.at_seq(12).is_none(), "older than the ring");
-        assert!(store.publish(0, quote(20), 21).is_none(), "seq must rise");
-        assert_eq!(store.updates(), 20);
+        assert_eq!(entry.latest().unwrap().quote.seq, last);
+        let oldest_kept = last - HISTORY as u64 + 1;
+        assert_eq!(entry.at_seq(oldest_kept).unwrap().quote.seq, oldest_kept);
+        assert!(entry.at_seq(oldest_kept - 1).is_none(), "older than the ring");
+        assert!(store.publish(0, quote(last), last + 1).is_none(), "seq must rise");
+        assert_eq!(store.updates(), last);
     }
 
     #[test]

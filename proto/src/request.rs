@@ -130,7 +130,7 @@ fn as_u64(v: &Value) -> Option<u64> {
 
 fn decode_id(v: &Value) -> Result<RequestId, DecodeError> {
     match v {
-        Value::String(s) if s.len() <= MAX_ID_LEN => Ok(RequestId::Str(s.to_string())),
+        Value::String(s) if s.chars().count() <= MAX_ID_LEN => Ok(RequestId::Str(s.to_string())),
         v => as_u64(v).map(RequestId::Num).ok_or_else(|| {
             DecodeError::new(
                 None,
@@ -286,6 +286,9 @@ mod tests {
         }
         let long_id = format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(65));
         assert!(decode(&long_id).is_err());
+        // The limit counts characters, not bytes.
+        let wide_id = format!(r#"{{"op":"ping","id":"{}"}}"#, "é".repeat(64));
+        assert_eq!(decode(&wide_id).unwrap().id, Some(RequestId::Str("é".repeat(64))));
     }
 
     proptest! {

@@ -476,14 +476,21 @@ async fn guard_io(
         return result.map_err(write_ending);
     }
     let timeout = config.slow_client_timeout().as_nanos() as u64;
+    let idle = config.idle_timeout().as_nanos() as u64;
     let started = mono_ns();
     loop {
-        let since = progress.last_write_ns.load(Ordering::Relaxed).max(started);
+        // Two clocks run while the socket is full: no progress for the slow-client timeout
+        // (4008), and nothing from the client for the idle timeout (4000).
+        let stalled_at = progress.last_write_ns.load(Ordering::Relaxed).max(started) + timeout;
+        let idle_at = progress.last_read_ns.load(Ordering::Relaxed) + idle;
         tokio::select! {
             result = &mut fut => return result.map_err(write_ending),
-            () = tokio::time::sleep_until(deadline_instant(since + timeout)) => {
-                let since = progress.last_write_ns.load(Ordering::Relaxed).max(started);
-                if mono_ns() >= since + timeout {
+            () = tokio::time::sleep_until(deadline_instant(stalled_at.min(idle_at))) => {
+                let now = mono_ns();
+                if now >= progress.last_read_ns.load(Ordering::Relaxed) + idle {
+                    return Err(Ending::Close(close::HEARTBEAT_TIMEOUT, EndReason::HeartbeatTimeout));
+                }
+                if now >= progress.last_write_ns.load(Ordering::Relaxed).max(started) + timeout {
                     return Err(Ending::Close(close::SLOW_CONSUMER, EndReason::SlowConsumer));
                 }
             }
