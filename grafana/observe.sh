@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make observe: a release gateway and a real Prometheus scraping it, both on loopback.
 #
-#   grafana/observe.sh [gateway flags...]      e.g. grafana/observe.sh --symbols 2000 --rate 20000
+#   grafana/observe.sh [gateway flags...]      e.g. grafana/observe.sh --sim-symbols 2000 --sim-rate 20000
 #
 # Environment:
 #   GATEWAY_LISTEN     gateway address (default 127.0.0.1:8080; 127.0.0.1:0 picks a free port)

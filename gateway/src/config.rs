@@ -192,6 +192,28 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// Checks what the flags' own parsers cannot: the feed, and that timeouts fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.feed.as_str() {
+            "sim" => {}
+            other if other.starts_with("nats://") => {
+                return Err(format!(
+                    "--feed {other}: this build serves the simulated feed only (--feed sim); the \
+                     NATS feed of the contract's section 5 is not implemented yet"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"
+                ))
+            }
+        }
+        if self.write_budget_bytes < 512 {
+            return Err("--write-budget-bytes must be at least 512".into());
+        }
+        Ok(())
+    }
+
     /// The number of shards to run.
     pub fn shard_count(&self) -> usize {
         if self.shards > 0 {

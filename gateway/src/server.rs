@@ -116,14 +116,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let shards = config.shard_count();
     let metrics = Arc::new(Metrics::new(shards));
-    let sim = match config.feed.as_str() {
-        "sim" => feed_sim::Simulator::new(config.sim_symbols, config.sim_seed),
-        other if other.starts_with("nats://") => anyhow::bail!(
-            "--feed {other}: this build serves the simulated feed only (--feed sim); the NATS feed of \
-             the contract's section 5 is not implemented yet"
-        ),
-        other => anyhow::bail!("--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"),
-    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let sim = feed_sim::Simulator::new(config.sim_symbols, config.sim_seed);
     let store = Arc::new(SnapshotStore::new(
         sim.symbols().iter().map(|s| (s.name.clone(), s.precision)),
         shards,

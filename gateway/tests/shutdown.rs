@@ -71,6 +71,17 @@ async fn a_bad_flag_exits_64_naming_the_flag() {
 }
 
 #[tokio::test]
+async fn an_unsupported_feed_exits_64_before_serving() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--listen", "127.0.0.1:0", "--feed", "kafka://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(out.stdout.is_empty(), "nothing served");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--feed kafka://x"));
+}
+
+#[tokio::test]
 async fn help_explains_every_setting_with_its_environment_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--help").output().unwrap();
     assert!(out.status.success());

@@ -12,6 +12,11 @@ pub const GOING_AWAY: CloseCause = CloseCause { code: 1001, reason: "server shut
 pub const POLICY_RATE: CloseCause = CloseCause { code: 1008, reason: "request rate exceeded" };
 pub const POLICY_ERRORS: CloseCause = CloseCause { code: 1008, reason: "error budget exceeded" };
 pub const MESSAGE_TOO_BIG: CloseCause = CloseCause { code: 1009, reason: "message too big" };
+/// RFC 6455: the client broke the framing rules (not in the contract's list: a client that
+/// does this is not speaking WebSocket).
+pub const PROTOCOL_ERROR: CloseCause = CloseCause { code: 1002, reason: "protocol error" };
+/// RFC 6455: a text frame that is not UTF-8.
+pub const INVALID_PAYLOAD: CloseCause = CloseCause { code: 1007, reason: "invalid UTF-8" };
 pub const INTERNAL: CloseCause = CloseCause { code: 1011, reason: "internal error" };
 pub const HEARTBEAT_TIMEOUT: CloseCause = CloseCause { code: 4000, reason: "heartbeat timeout" };
 pub const SLOW_CONSUMER: CloseCause = CloseCause { code: 4008, reason: "slow consumer" };

@@ -119,19 +119,27 @@ pub async fn run<S>(
     gw.metrics.sessions_opened.increment(1);
     tracing::debug!(session = %session_id, peer = %params.peer, shard = params.shard, "session opened");
 
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let reader = reader::run(stream, tx, &params, Arc::clone(&progress));
-    let writer = writer::Writer::new(sink, rx, &params, progress, session_id.clone()).run();
-    tokio::pin!(reader, writer);
-    let ending = tokio::select! {
-        ending = &mut writer => {
-            // Let the reader take the client's close reply, briefly.
-            let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
-            ending
+    let ending = {
+        let reader = reader::run(&mut stream, tx, &params, Arc::clone(&progress));
+        let writer = writer::Writer::new(sink, rx, &params, progress, session_id.clone()).run();
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            ending = &mut writer => ending,
+            () = &mut reader => writer.await,
         }
-        () = &mut reader => writer.await,
     };
+    // Read on until the client's close reply (or briefly): closing a socket with unread data
+    // makes the kernel send a reset, which can destroy our close frame before it is read.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
     let reason = ending.reason();
     gw.metrics.session_closed(reason);
     match ending {

@@ -25,7 +25,7 @@ use crate::store::SnapshotStore;
 /// Reads until the stream ends or the session must close; the last thing it sends the writer
 /// is [`Control::End`] (unless the writer is already gone).
 pub async fn run<S>(
-    mut stream: S,
+    stream: &mut S,
     tx: mpsc::Sender<Control>,
     params: &SessionParams,
     progress: Arc<Progress>,
@@ -63,11 +63,13 @@ pub async fn run<S>(
                 tracing::debug!(peer = %params.peer, error = %e, "session read failed");
                 break Ending::Gone(EndReason::IoError);
             }
+            Some(Err(WsError::Utf8(_))) => {
+                break Ending::Close(close::INVALID_PAYLOAD, EndReason::IoError);
+            }
             Some(Err(e)) => {
-                // A protocol violation (bad framing, invalid UTF-8): tungstenite has already
-                // answered with the RFC's close code where one applies.
+                // A protocol violation (bad framing, a reserved opcode): RFC 6455's 1002.
                 tracing::debug!(peer = %params.peer, error = %e, "session protocol error");
-                break Ending::Gone(EndReason::IoError);
+                break Ending::Close(close::PROTOCOL_ERROR, EndReason::IoError);
             }
         };
         let now = mono_ns();

@@ -270,7 +270,7 @@ where
                 .send_error(id.as_ref(), ErrorCode::TooManySubscriptions, &message, &[], None)
                 .await;
         }
-        if !accepted.is_empty() {
+        if !accepted.is_empty() || all {
             let ack = if all {
                 server::ack(id.as_ref(), "subscribe", ["*"])
             } else {
@@ -505,7 +505,7 @@ fn write_ending(e: WsError) -> Ending {
         WsError::Io(_) => Ending::Gone(EndReason::IoError),
         e => {
             tracing::warn!(error = %e, "session write failed");
-            Ending::Gone(EndReason::Internal)
+            Ending::Close(close::INTERNAL, EndReason::Internal)
         }
     }
 }
@@ -530,6 +530,9 @@ impl Subscriptions {
     fn add(&mut self, symbol: SymbolId, throttle_ms: u32) -> (Arc<Slot>, bool) {
         if let Some(slot) = self.slots.get(&symbol) {
             slot.throttle_ms.store(throttle_ms, Ordering::Relaxed);
+            // A shorter throttle applies at once, not after the old interval.
+            let next = mono_ns() + u64::from(throttle_ms) * 1_000_000;
+            slot.next_send_ns.fetch_min(next, Ordering::Relaxed);
             return (Arc::clone(slot), false);
         }
         let slot = Slot::new(symbol, Arc::clone(&self.signal), throttle_ms);
