@@ -52,7 +52,8 @@ pub enum Resolved {
     },
 }
 
-/// What the reader hands to the writer.
+/// What the reader hands to the writer (boxed on the channel: requests are rare, and small
+/// channel items keep each idle session's channel block small).
 #[derive(Debug)]
 pub enum Control {
     Subscribe {

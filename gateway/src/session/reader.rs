@@ -26,7 +26,7 @@ use crate::store::SnapshotStore;
 /// is [`Control::End`] (unless the writer is already gone).
 pub async fn run<S>(
     stream: &mut S,
-    tx: mpsc::Sender<Control>,
+    tx: mpsc::Sender<Box<Control>>,
     params: &SessionParams,
     progress: Arc<Progress>,
 ) where
@@ -110,18 +110,18 @@ pub async fn run<S>(
                 gw.metrics.request(OpLabel::Invalid);
                 if bad_strikes.strike(now) {
                     // Answer this one too, so the client sees why it is being closed.
-                    let _ = tx.send(bad_request(e)).await;
+                    let _ = tx.send(Box::new(bad_request(e))).await;
                     break Ending::Close(close::POLICY_ERRORS, EndReason::Policy);
                 }
                 bad_request(e)
             }
             (Ok(()), Ok(request)) => resolve(request, &gw.store, params, &gw.metrics),
         };
-        if tx.send(control).await.is_err() {
+        if tx.send(Box::new(control)).await.is_err() {
             return; // The writer has ended the session.
         }
     };
-    let _ = tx.send(Control::End(ending)).await;
+    let _ = tx.send(Box::new(Control::End(ending))).await;
 }
 
 fn bad_request(e: proto::DecodeError) -> Control {

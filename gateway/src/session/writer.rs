@@ -36,9 +36,14 @@ use crate::store::{Snapshot, SymbolId, HISTORY};
 
 type Step = Result<(), Ending>;
 
+/// A subscribe's snapshots are flushed every this many bytes. tungstenite's write buffer keeps
+/// the largest size it ever reached, so a burst of snapshots framed at once would leave every
+/// idle session holding a few KiB it never uses again; a few extra writes per subscribe avoid it.
+const SNAPSHOT_FLUSH_BYTES: usize = 1024;
+
 pub struct Writer<S> {
     sink: S,
-    rx: mpsc::Receiver<Control>,
+    rx: mpsc::Receiver<Box<Control>>,
     gw: Arc<Gateway>,
     shard: usize,
     session_id: String,
@@ -66,7 +71,7 @@ where
 {
     pub fn new(
         sink: S,
-        rx: mpsc::Receiver<Control>,
+        rx: mpsc::Receiver<Box<Control>>,
         params: &SessionParams,
         progress: Arc<Progress>,
         session_id: String,
@@ -153,7 +158,7 @@ where
                 biased;
                 () = &mut cancelled => return Err(Ending::Close(close::GOING_AWAY, EndReason::Shutdown)),
                 control = self.rx.recv() => match control {
-                    Some(control) => self.handle(control).await?,
+                    Some(control) => Box::pin(self.handle(control)).await?,
                     None => return Err(Ending::Gone(EndReason::Client)),
                 },
                 () = poll_fn(|cx| {
@@ -163,7 +168,7 @@ where
                 () = &mut sleep => {}
             }
             while let Ok(control) = self.rx.try_recv() {
-                self.handle(control).await?;
+                Box::pin(self.handle(control)).await?;
             }
             self.on_timers().await?;
             self.send_updates().await?;
@@ -205,8 +210,8 @@ where
         Ok(())
     }
 
-    async fn handle(&mut self, control: Control) -> Step {
-        match control {
+    async fn handle(&mut self, control: Box<Control>) -> Step {
+        match *control {
             Control::Subscribe { id, symbols, snapshot, throttle_ms } => {
                 self.subscribe(id, symbols, snapshot, throttle_ms).await
             }
@@ -303,6 +308,9 @@ where
                         slot.next_send_ns
                             .store(now + u64::from(throttle_ms) * 1_000_000, Ordering::Relaxed);
                         self.send(MsgType::Snapshot, latest.frames.snapshot.clone()).await?;
+                        if self.unflushed >= SNAPSHOT_FLUSH_BYTES {
+                            self.flush().await?;
+                        }
                     }
                     // No quote yet (the feed has not reached this symbol): the first one will
                     // go out as this snapshot.
@@ -475,6 +483,18 @@ async fn guard_io(
     if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         return result.map_err(write_ending);
     }
+    // Slow path, boxed: its timer and shutdown waiter would otherwise sit in every session's
+    // future for its whole life.
+    Box::pin(wait_io(fut, progress, config, shutdown)).await
+}
+
+/// Waits for a socket operation that could not complete at once, watching the session's clocks.
+async fn wait_io(
+    mut fut: std::pin::Pin<&mut impl Future<Output = Result<(), WsError>>>,
+    progress: &Progress,
+    config: &crate::Config,
+    shutdown: &CancellationToken,
+) -> Step {
     let timeout = config.slow_client_timeout().as_nanos() as u64;
     let idle = config.idle_timeout().as_nanos() as u64;
     let started = mono_ns();
@@ -484,7 +504,7 @@ async fn guard_io(
         let stalled_at = progress.last_write_ns.load(Ordering::Relaxed).max(started) + timeout;
         let idle_at = progress.last_read_ns.load(Ordering::Relaxed) + idle;
         tokio::select! {
-            result = &mut fut => return result.map_err(write_ending),
+            result = fut.as_mut() => return result.map_err(write_ending),
             () = tokio::time::sleep_until(deadline_instant(stalled_at.min(idle_at))) => {
                 let now = mono_ns();
                 if now >= progress.last_read_ns.load(Ordering::Relaxed) + idle {
