@@ -392,18 +392,22 @@ async fn every_session_sees_the_same_seq_for_a_symbol() {
 async fn lowering_the_throttle_applies_at_once() {
     let gw = TestGateway::start().await;
     let (mut ws, _) = gw.client().await;
-    send(&mut ws, json!({"op": "subscribe", "id": 1, "symbols": ["AAPL"], "throttle_ms": 60000})).await;
+    send(&mut ws, json!({"op": "subscribe", "id": 1, "symbols": ["AAPL"], "throttle_ms": 60000}))
+        .await;
     recv_until(&mut ws, |m| m["type"] == "snapshot").await;
     send(&mut ws, json!({"op": "subscribe", "id": 2, "symbols": ["AAPL"], "throttle_ms": 0, "snapshot": false})).await;
     recv_until(&mut ws, |m| m["type"] == "ack" && m["id"] == 2).await;
-    let next = recv_within(&mut ws, Duration::from_secs(2)).await.expect("quotes resume at once, not after 60 s");
+    let next = recv_within(&mut ws, Duration::from_secs(2))
+        .await
+        .expect("quotes resume at once, not after 60 s");
     assert_eq!(next["type"], "quote");
 }
 
 #[tokio::test]
 async fn star_with_a_token_entitled_to_nothing_known_is_still_acked() {
     let gw = TestGateway::start_with(|c| c.access_tokens = vec!["t=NOSUCH".into()]).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}?token=t", gw.ws_url())).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}?token=t", gw.ws_url())).await.unwrap();
     assert_eq!(recv(&mut ws).await["type"], "welcome");
     let ack = subscribe(&mut ws, 1, &["*"]).await;
     assert_eq!(ack["symbols"], json!(["*"]));
@@ -416,7 +420,8 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
     let gw = TestGateway::start().await;
     let (mut ws, _) = gw.client().await;
     // SAFETY: deliberately invalid, to test the server; the client never reads it back.
-    let bad = unsafe { Utf8Bytes::from_bytes_unchecked(bytes::Bytes::from_static(b"{\"op\":\"\xff\"}")) };
+    let bad =
+        unsafe { Utf8Bytes::from_bytes_unchecked(bytes::Bytes::from_static(b"{\"op\":\"\xff\"}")) };
     ws.send(Message::Text(bad)).await.unwrap();
     assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1007));
     let (_other, _) = gw.client().await;
