@@ -41,6 +41,13 @@ type Step = Result<(), Ending>;
 /// idle session holding a few KiB it never uses again; a few extra writes per subscribe avoid it.
 const SNAPSHOT_FLUSH_BYTES: usize = 1024;
 
+/// Missed updates older than this are not replayed from the history: the session is behind,
+/// not briefly late, and gets the latest quote (a `seq` jump) instead. A writer that keeps up
+/// misses updates only for the instant between a mark and its run (well under a millisecond;
+/// tens of milliseconds when the OS deschedules the shard), so 50 ms loses nothing then,
+/// while under CPU overload it bounds the age of what is sent instead of queueing.
+const REPLAY_MAX_AGE_NS: u64 = 50_000_000;
+
 pub struct Writer<S> {
     sink: S,
     rx: mpsc::Receiver<Box<Control>>,
@@ -62,6 +69,9 @@ pub struct Writer<S> {
     unflushed: usize,
     /// Monotonic ns of the last JSON message framed (heartbeats fill the gaps).
     last_message_ns: u64,
+    /// The clocks, read once per wake-up rather than per message.
+    now_ns: u64,
+    wall_now_ns: u64,
     next_ping_ns: u64,
 }
 
@@ -101,6 +111,8 @@ where
             tally: Tally::default(),
             unflushed: 0,
             last_message_ns: now,
+            now_ns: now,
+            wall_now_ns: wall_ns(),
         }
     }
 
@@ -151,8 +163,15 @@ where
         let cancelled = shutdown.cancelled();
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(cancelled, sleep);
+        // When the armed timer fires; re-armed only when something is due earlier (a timer that
+        // fires early finds nothing due and is re-armed then), not on every wake-up.
+        let mut armed_ns = 0;
         loop {
-            sleep.as_mut().reset(deadline_instant(self.next_deadline_ns()));
+            let deadline = self.next_deadline_ns();
+            if deadline < armed_ns || armed_ns <= self.now_ns {
+                sleep.as_mut().reset(deadline_instant(deadline));
+                armed_ns = deadline;
+            }
             let signal = &self.signal;
             tokio::select! {
                 biased;
@@ -165,14 +184,13 @@ where
                     signal.waker.register(cx.waker());
                     if signal.ready.is_empty() { Poll::Pending } else { Poll::Ready(()) }
                 }) => {}
-                () = &mut sleep => {}
+                () = &mut sleep => armed_ns = 0,
             }
-            while let Ok(control) = self.rx.try_recv() {
-                Box::pin(self.handle(control)).await?;
-            }
+            self.now_ns = mono_ns();
+            self.wall_now_ns = wall_ns();
             self.on_timers().await?;
             self.send_updates().await?;
-            if mono_ns().saturating_sub(self.last_message_ns)
+            if self.now_ns.saturating_sub(self.last_message_ns)
                 >= self.gw.config.heartbeat().as_nanos() as u64
             {
                 self.send(MsgType::Heartbeat, server::heartbeat(wall_ns()).into()).await?;
@@ -197,7 +215,7 @@ where
     }
 
     async fn on_timers(&mut self) -> Step {
-        let now = mono_ns();
+        let now = self.now_ns;
         let config = &self.gw.config;
         let last_read = self.progress.last_read_ns.load(Ordering::Relaxed);
         if now.saturating_sub(last_read) >= config.idle_timeout().as_nanos() as u64 {
@@ -357,7 +375,7 @@ where
     /// Sends what the feed has marked: every update to a session that keeps up, the latest of
     /// each symbol to one that does not.
     async fn send_updates(&mut self) -> Step {
-        let now = mono_ns();
+        let now = self.now_ns;
         // A write that had to wait since the last batch: the session is behind.
         let behind = self.progress.blocked.swap(false, Ordering::Relaxed);
         let mut due = Vec::new();
@@ -408,8 +426,14 @@ where
             if throttle_ns == 0 {
                 let behind = behind || self.progress.blocked.load(Ordering::Relaxed);
                 if !behind && target - last <= HISTORY as u64 {
+                    let oldest_replayed = self.wall_now_ns.saturating_sub(REPLAY_MAX_AGE_NS);
                     while next < target {
                         let Some(missed) = entry.at_seq(next) else { break };
+                        if missed.quote.ts < oldest_replayed {
+                            // The writer itself runs late (the shard is saturated): replaying
+                            // would be a queue; jump to the latest instead.
+                            break;
+                        }
                         result = self.send_quote(&missed).await;
                         if result.is_err() {
                             break;
@@ -431,7 +455,7 @@ where
     }
 
     async fn send_quote(&mut self, snap: &Snapshot) -> Step {
-        let age = wall_ns().saturating_sub(snap.quote.ts);
+        let age = self.wall_now_ns.saturating_sub(snap.quote.ts);
         self.gw.metrics.quote_age(self.shard).record_ns(age);
         self.send(MsgType::Quote, snap.frames.quote.clone()).await
     }
@@ -445,7 +469,8 @@ where
         self.io_feed(Message::Text(text)).await?;
         self.tally.sent(kind, len);
         self.unflushed += len;
-        self.last_message_ns = mono_ns();
+        // Quotes go out in batches stamped once per wake-up; the rest (rare) read the clock.
+        self.last_message_ns = if kind == MsgType::Quote { self.now_ns } else { mono_ns() };
         Ok(())
     }
 
