@@ -130,8 +130,17 @@ stop_gateway
 # while p99 ≤ 100 ms; if even the first step misses, ÷2 a step down (at most 4).
 # Sets SEARCH_R (highest R that kept p99 ≤ 100 ms, 0 if none), SEARCH_NAME (its run),
 # SEARCH_FAIL (lowest R that did not, "none" if none did within the steps).
-search_step() { # search_step C TAG R: one run; succeeds when its p99 ≤ 100 ms
+# A step that misses is run once more and the second run decides: on a machine shared with
+# other work, one burst of contention should not end the search (both runs are in the table).
+search_step() { # search_step C TAG R: succeeds when the step's p99 ≤ 100 ms
     local name="b_${2}_r$3"
+    start_gateway "$3"
+    run_lt "$name" -c "$1" --ramp-rate 2000 --warmup 2 --duration "$SEARCH_DUR"
+    stop_gateway
+    if le "$(jget "$WORK/$name.json" fast.age_ms.p99)" 100; then
+        return 0
+    fi
+    mv "$WORK/$name.json" "$WORK/${name}_first.json"
     start_gateway "$3"
     run_lt "$name" -c "$1" --ramp-rate 2000 --warmup 2 --duration "$SEARCH_DUR"
     stop_gateway
@@ -225,4 +234,4 @@ export WORK OUT S K QUICK MACHINE_CPU MACHINE_CORES KERNEL LOAD_BEFORE LOAD_AFTE
 export B1_R B1_NAME B1_FAIL B5_R B5_NAME B5_FAIL C1_R C5_R
 export PINNED=$([[ ${#GW_PIN[@]} -gt 0 ]] && echo yes || echo no)
 python3 "$ROOT/load-tests/bench_report.py"
-log "done: $OUT"
+log "done: $OUT (raw JSON reports and logs of every run: $WORK)"

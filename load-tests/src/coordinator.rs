@@ -15,7 +15,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use crate::config::{Cli, Plan, FD_RESERVE, MAX_CLIENTS_PER_SOURCE_ADDR};
 use crate::gateway_metrics;
 use crate::procstat::{self, now_ns};
-use crate::report::{CpuReport, GatewayReport, Merged, Report, Settings};
+use crate::report::{CoreReport, CpuReport, GatewayReport, Merged, Report, Settings};
 use crate::stats::{ClassStats, ConnectStats};
 use crate::target::{self, Target};
 use crate::worker::{self, Progress, WorkerEvent, WorkerReport};
@@ -118,6 +118,25 @@ pub async fn run(cli: Cli) -> Result<Report> {
             let b = gateway_metrics::scrape(&target).await?;
             Some(gateway_metrics::window(&a, &b, (window_end - window_start) as f64 / 1e9))
         })
+    });
+    let cores_task = tokio::task::spawn_local(async move {
+        tokio::time::sleep(Duration::from_nanos(window_start.saturating_sub(now_ns()))).await;
+        let a = procstat::core_times();
+        tokio::time::sleep(Duration::from_nanos(window_end.saturating_sub(now_ns()))).await;
+        let b = procstat::core_times();
+        a.iter()
+            .zip(&b)
+            .enumerate()
+            .filter(|(_, (a, b))| b.total > a.total)
+            .map(|(core, (a, b))| {
+                let total = (b.total - a.total) as f64;
+                CoreReport {
+                    core,
+                    busy_percent: (b.busy - a.busy) as f64 / total * 100.0,
+                    steal_percent: (b.steal - a.steal) as f64 / total * 100.0,
+                }
+            })
+            .collect::<Vec<_>>()
     });
     let own_cpu_start = Rc::new(RefCell::new(None::<f64>));
     {
@@ -257,7 +276,18 @@ pub async fn run(cli: Cli) -> Result<Report> {
         Some(t) => t.await.ok().flatten(),
         None => None,
     };
-    Ok(Report::build(&cli, settings, started, window_s, &merged, tester, gateway, gateway_metrics))
+    let cores = cores_task.await.unwrap_or_default();
+    Ok(Report::build(
+        &cli,
+        settings,
+        started,
+        window_s,
+        &merged,
+        tester,
+        gateway,
+        gateway_metrics,
+        cores,
+    ))
 }
 
 fn validate(cli: &Cli) -> Result<()> {

@@ -50,6 +50,35 @@ pub fn pid_run_queue_wait_seconds(pid: u32) -> Option<f64> {
     Some(total_ns as f64 / 1e9)
 }
 
+/// Jiffies one core spent busy (user, nice, system, irq, softirq), stolen by the hypervisor,
+/// and in all, from `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoreTimes {
+    pub busy: u64,
+    pub steal: u64,
+    pub total: u64,
+}
+
+/// Every core's times (`cpu0`, `cpu1`, … lines of `/proc/stat`), in core order.
+pub fn core_times() -> Vec<CoreTimes> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            // user nice system idle iowait irq softirq steal (guest time is inside user)
+            CoreTimes {
+                busy: at(0) + at(1) + at(2) + at(5) + at(6),
+                steal: at(7),
+                total: (0..8).map(at).sum(),
+            }
+        })
+        .collect()
+}
+
 /// Resident set size of process `pid`, KiB (`VmRSS` in `/proc/PID/status`).
 pub fn pid_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -84,6 +113,9 @@ mod tests {
         assert!(pid_rss_kib(pid).unwrap() > 0);
         assert!(pid_cpu_seconds(pid).is_some());
         assert!(pid_run_queue_wait_seconds(pid).is_some());
+        let cores = core_times();
+        assert!(!cores.is_empty());
+        assert!(cores.iter().all(|c| c.busy + c.steal <= c.total));
         assert!(self_cpu_seconds() >= 0.0);
         assert!(raise_fd_limit() >= 256);
         assert!(pid_cpu_seconds(u32::MAX).is_none());

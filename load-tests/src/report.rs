@@ -161,6 +161,16 @@ pub struct GatewayReport {
     pub rss_bytes_per_session: Option<f64>,
 }
 
+/// How busy each core of the machine was over the window, whoever used it: with the tester's
+/// and the gateway's own CPU beside it, what is left was other work on the machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoreReport {
+    pub core: usize,
+    pub busy_percent: f64,
+    /// Taken by the hypervisor for other guests.
+    pub steal_percent: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Totals {
     pub deliveries: u64,
@@ -208,6 +218,8 @@ pub struct Report {
     /// The gateway's `/metrics` over the window (absent with `--no-gateway-metrics` or when it
     /// could not be read).
     pub gateway_metrics: Option<GatewayMetrics>,
+    /// Every core's use over the window (`/proc/stat`).
+    pub cores: Vec<CoreReport>,
     pub slo: Slo,
 }
 
@@ -231,6 +243,7 @@ impl Report {
         tester: CpuReport,
         gateway: Option<GatewayReport>,
         gateway_metrics: Option<GatewayMetrics>,
+        cores: Vec<CoreReport>,
     ) -> Report {
         let class = |c: Class| ClassReport::of(&m.classes[c.index()], window_s);
         let mut all = ClassStats::new();
@@ -304,6 +317,7 @@ impl Report {
             tester,
             gateway,
             gateway_metrics,
+            cores,
             slo: Slo { passed, checks },
         }
     }
@@ -396,6 +410,19 @@ impl Report {
                 opt(g.rss_kib_max),
                 g.rss_bytes_per_session.map_or("?".into(), |v| format!("{:.0} B", v)),
             );
+        }
+        if !self.cores.is_empty() {
+            let cores: Vec<String> = self
+                .cores
+                .iter()
+                .map(|c| {
+                    format!(
+                        "core {} {:.0}% busy, {:.0}% stolen",
+                        c.core, c.busy_percent, c.steal_percent
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "  machine   : {}", cores.join("; "));
         }
         if let Some(m) = &self.gateway_metrics {
             let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("≤ {v} ms"));

@@ -20,6 +20,9 @@ use crate::procstat::{now_ns, self_cpu_seconds};
 use crate::stats::{Class, ClassStats, ConnectStats};
 use crate::symbols::SymbolPicker;
 
+/// How long sessions stay open after the figures are taken at the window's end.
+const END_GRACE: Duration = Duration::from_millis(500);
+
 /// Cumulative counters of one worker, sent every second.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
@@ -114,6 +117,9 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     // Figures are taken now; closing the sessions is not measured.
     let classes: Vec<ClassStats> = sh.classes.iter().map(|c| c.borrow().clone()).collect();
     let connect = sh.connect.borrow().clone();
+    // Sessions stay open a moment longer, so that what samples the gateway at the window's end
+    // (its /metrics, its RSS) still sees them.
+    tokio::time::sleep(END_GRACE).await;
     sh.stop.cancel();
     let clients = ramp.await.map_err(|e| anyhow!("ramp task failed: {e}"))?;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {

@@ -241,6 +241,31 @@ fn workers_and_source_addresses_carry_slow_and_stuck_clients() {
     assert!(r["fast"]["deliveries"].as_u64().unwrap() > slow * 4, "{text}");
 }
 
+#[test]
+fn refused_connections_are_counted_by_reason_and_fail_the_slo() {
+    let gw = Gateway::start(&["--sim-rate", "500", "--max-connections", "5"]);
+    let (code, r, text) = run_tool(&args(&[
+        "--url",
+        &gw.url(),
+        "-c",
+        "8",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--max-connect-failures",
+        "0",
+    ]));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(r["connect"]["successes"], 5, "{text}");
+    assert_eq!(r["connect"]["failures"], 3, "{text}");
+    assert_eq!(r["connect"]["failures_by_reason"], serde_json::json!({"http_503": 3}), "{text}");
+    let failed: Vec<&Value> =
+        r["slo"]["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert_eq!(failed[0]["name"], "max_connect_failures");
+}
+
 /// A WebSocket server that answers a subscribe like the gateway would, then sends one symbol's
 /// quotes with `seq` 11, 12, 13, 9, 14, …: a violation every few quotes.
 async fn serve_broken_order(listener: TcpListener) {
