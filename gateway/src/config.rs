@@ -168,11 +168,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, as `gateway` with no flags and no environment would run.
-    pub fn defaults() -> Config {
-        Config::parse_from(["gateway"])
-    }
-
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
@@ -192,7 +187,7 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
-    /// Checks what the flags' own parsers cannot: the feed, and that timeouts fit together.
+    /// Checks what the flags' own parsers cannot: that the feed is one this build serves.
     pub fn validate(&self) -> Result<(), String> {
         match self.feed.as_str() {
             "sim" => {}
@@ -207,9 +202,6 @@ impl Config {
                     "--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"
                 ))
             }
-        }
-        if self.write_budget_bytes < 512 {
-            return Err("--write-budget-bytes must be at least 512".into());
         }
         Ok(())
     }

@@ -129,6 +129,15 @@ pub enum OpLabel {
 impl OpLabel {
     pub const ALL: [OpLabel; 4] =
         [OpLabel::Subscribe, OpLabel::Unsubscribe, OpLabel::Ping, OpLabel::Invalid];
+    /// The label of a decoded request.
+    pub fn of(op: &proto::Op) -> OpLabel {
+        match op {
+            proto::Op::Subscribe { .. } => OpLabel::Subscribe,
+            proto::Op::Unsubscribe { .. } => OpLabel::Unsubscribe,
+            proto::Op::Ping => OpLabel::Ping,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             OpLabel::Subscribe => "subscribe",
@@ -344,7 +353,7 @@ impl Metrics {
         &self.quote_age[shard % self.quote_age.len()]
     }
 
-    pub fn record_fanout(&self, elapsed: Duration, _marked: u64) {
+    pub fn record_fanout(&self, elapsed: Duration) {
         self.fanout_duration.record(elapsed.as_secs_f64());
     }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use proto::{Quote, QuoteFrames};
 
 use crate::fanout::Slot;
@@ -28,6 +29,20 @@ pub type SymbolId = u32;
 pub struct Snapshot {
     pub quote: Quote,
     pub frames: QuoteFrames,
+}
+
+/// What a writer needs of one update to send it as a `quote`.
+pub struct QuoteRef {
+    pub seq: u64,
+    pub ts: u64,
+    /// The shared `quote` frame.
+    pub frame: Bytes,
+}
+
+impl QuoteRef {
+    fn of(snap: &Snapshot) -> QuoteRef {
+        QuoteRef { seq: snap.quote.seq, ts: snap.quote.ts, frame: snap.frames.quote.clone() }
+    }
 }
 
 /// A symbol's subscribers on one shard, and whether the shard's fan-out has it queued.
@@ -56,10 +71,16 @@ impl SymbolEntry {
         self.latest.load_full()
     }
 
-    /// The snapshot with exactly this `seq`, if it is still in the ring.
-    pub fn at_seq(&self, seq: u64) -> Option<Arc<Snapshot>> {
-        let snap = self.history[(seq % HISTORY as u64) as usize].load_full()?;
-        (snap.quote.seq == seq).then_some(snap)
+    /// The latest update as a writer sends it. Read under arc-swap's short-lived guard: the
+    /// per-delivery path takes no reference on the snapshot all sessions share.
+    pub fn latest_quote(&self) -> Option<QuoteRef> {
+        self.latest.load().as_deref().map(QuoteRef::of)
+    }
+
+    /// The update with exactly this `seq`, if it is still in the ring.
+    pub fn quote_at_seq(&self, seq: u64) -> Option<QuoteRef> {
+        let guard = self.history[(seq % HISTORY as u64) as usize].load();
+        guard.as_deref().filter(|s| s.quote.seq == seq).map(QuoteRef::of)
     }
 
     fn store(&self, snap: Arc<Snapshot>) {
@@ -209,8 +230,8 @@ mod tests {
         let entry = Arc::clone(&store.table().entries[0]);
         assert_eq!(entry.latest().unwrap().quote.seq, last);
         let oldest_kept = last - HISTORY as u64 + 1;
-        assert_eq!(entry.at_seq(oldest_kept).unwrap().quote.seq, oldest_kept);
-        assert!(entry.at_seq(oldest_kept - 1).is_none(), "older than the ring");
+        assert_eq!(entry.quote_at_seq(oldest_kept).unwrap().seq, oldest_kept);
+        assert!(entry.quote_at_seq(oldest_kept - 1).is_none(), "older than the ring");
         assert!(store.publish(0, quote(last), last + 1).is_none(), "seq must rise");
         assert_eq!(store.updates(), last);
     }

@@ -172,22 +172,6 @@ pub struct CoreReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Totals {
-    pub deliveries: u64,
-    pub deliveries_per_sec: f64,
-    pub age_ms: Percentiles,
-    pub seq_jumps: u64,
-    pub missed_updates: u64,
-    pub order_violations: u64,
-    pub errors_by_code: BTreeMap<String, u64>,
-    pub closes_by_code: BTreeMap<String, u64>,
-    pub unexpected_symbols: u64,
-    pub welcome_not_first: u64,
-    pub parse_errors: u64,
-    pub protocol_errors: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: String,
     pub limit: f64,
@@ -209,7 +193,8 @@ pub struct Report {
     pub settings: Settings,
     pub window_seconds: f64,
     pub connect: ConnectReport,
-    pub total: Totals,
+    /// Every class together.
+    pub total: ClassReport,
     pub fast: ClassReport,
     pub slow: ClassReport,
     pub stuck: ClassReport,
@@ -250,20 +235,7 @@ impl Report {
         for c in &m.classes {
             all.merge(c);
         }
-        let total = Totals {
-            deliveries: all.deliveries,
-            deliveries_per_sec: all.deliveries as f64 / window_s,
-            age_ms: Percentiles::of(&all.age_ns, 1e6),
-            seq_jumps: all.seq_jumps,
-            missed_updates: all.missed_updates,
-            order_violations: all.order_violations,
-            errors_by_code: all.errors_by_code.clone(),
-            closes_by_code: all.closes_by_code.clone(),
-            unexpected_symbols: all.unexpected_symbols,
-            welcome_not_first: all.welcome_not_first,
-            parse_errors: all.parse_errors,
-            protocol_errors: all.protocol_errors,
-        };
+        let total = ClassReport::of(&all, window_s);
         let fast = class(Class::Fast);
         let connect = ConnectReport {
             attempts: m.connect.attempts,

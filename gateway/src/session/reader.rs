@@ -90,9 +90,9 @@ pub async fn run<S>(
         } else {
             Request::decode(text, &mut scratch)
         };
+        gw.metrics.request(decoded.as_ref().map_or(OpLabel::Invalid, |r| OpLabel::of(&r.op)));
         let control = match (rate.take(now), decoded) {
             (Err(retry_after_ms), decoded) => {
-                gw.metrics.request(OpLabel::Invalid);
                 if rate_strikes.strike(now) {
                     break Ending::Close(close::POLICY_RATE, EndReason::Policy);
                 }
@@ -107,7 +107,6 @@ pub async fn run<S>(
                 }
             }
             (Ok(()), Err(e)) => {
-                gw.metrics.request(OpLabel::Invalid);
                 if bad_strikes.strike(now) {
                     // Answer this one too, so the client sees why it is being closed.
                     let _ = tx.send(Box::new(bad_request(e))).await;
@@ -115,7 +114,7 @@ pub async fn run<S>(
                 }
                 bad_request(e)
             }
-            (Ok(()), Ok(request)) => resolve(request, &gw.store, params, &gw.metrics),
+            (Ok(()), Ok(request)) => resolve(request, &gw.store, params),
         };
         if tx.send(Box::new(control)).await.is_err() {
             return; // The writer has ended the session.
@@ -135,12 +134,7 @@ fn bad_request(e: proto::DecodeError) -> Control {
 
 /// Turns a decoded request into the writer's terms: symbol names to ids, split into known,
 /// unknown and not entitled.
-fn resolve(
-    request: Request,
-    store: &SnapshotStore,
-    params: &SessionParams,
-    metrics: &crate::metrics::Metrics,
-) -> Control {
+fn resolve(request: Request, store: &SnapshotStore, params: &SessionParams) -> Control {
     let resolve_symbols = |symbols: Symbols| match symbols {
         Symbols::All => Resolved::All,
         Symbols::List(names) => {
@@ -161,22 +155,15 @@ fn resolve(
         }
     };
     match request.op {
-        Op::Subscribe { symbols, snapshot, throttle_ms } => {
-            metrics.request(OpLabel::Subscribe);
-            Control::Subscribe {
-                id: request.id,
-                symbols: resolve_symbols(symbols),
-                snapshot,
-                throttle_ms,
-            }
-        }
+        Op::Subscribe { symbols, snapshot, throttle_ms } => Control::Subscribe {
+            id: request.id,
+            symbols: resolve_symbols(symbols),
+            snapshot,
+            throttle_ms,
+        },
         Op::Unsubscribe { symbols } => {
-            metrics.request(OpLabel::Unsubscribe);
             Control::Unsubscribe { id: request.id, symbols: resolve_symbols(symbols) }
         }
-        Op::Ping => {
-            metrics.request(OpLabel::Ping);
-            Control::Ping { id: request.id }
-        }
+        Op::Ping => Control::Ping { id: request.id },
     }
 }

@@ -32,7 +32,7 @@ use crate::clock::{mono_ns, wall_ns};
 use crate::fanout::{SessionSignal, Slot};
 use crate::metrics::{EndReason, MsgType, Tally};
 use crate::server::Gateway;
-use crate::store::{Snapshot, SymbolId, HISTORY};
+use crate::store::{QuoteRef, SymbolId, HISTORY};
 
 type Step = Result<(), Ending>;
 
@@ -410,16 +410,19 @@ where
             }
             slot.take_mark();
             let entry = &table.entries[slot.symbol as usize];
-            let Some(latest) = entry.latest() else { continue };
+            let Some(latest) = entry.latest_quote() else { continue };
             let last = slot.last_seq.load(Ordering::Relaxed);
-            let target = latest.quote.seq;
+            let target = latest.seq;
             if target <= last {
                 continue;
             }
             if slot.snapshot_due.swap(false, Ordering::Relaxed) {
-                result = self.send(MsgType::Snapshot, latest.frames.snapshot.clone()).await;
-                slot.last_seq.store(target, Ordering::Relaxed);
-                slot.next_send_ns.store(now + throttle_ns, Ordering::Relaxed);
+                // Rare (subscribed before the symbol's first quote): the whole snapshot.
+                if let Some(snap) = entry.latest() {
+                    result = self.send(MsgType::Snapshot, snap.frames.snapshot.clone()).await;
+                    slot.last_seq.store(snap.quote.seq, Ordering::Relaxed);
+                    slot.next_send_ns.store(now + throttle_ns, Ordering::Relaxed);
+                }
                 continue;
             }
             let mut next = last + 1;
@@ -428,13 +431,13 @@ where
                 if !behind && target - last <= HISTORY as u64 {
                     let oldest_replayed = self.wall_now_ns.saturating_sub(REPLAY_MAX_AGE_NS);
                     while next < target {
-                        let Some(missed) = entry.at_seq(next) else { break };
-                        if missed.quote.ts < oldest_replayed {
+                        let Some(missed) = entry.quote_at_seq(next) else { break };
+                        if missed.ts < oldest_replayed {
                             // The writer itself runs late (the shard is saturated): replaying
                             // would be a queue; jump to the latest instead.
                             break;
                         }
-                        result = self.send_quote(&missed).await;
+                        result = self.send_quote(missed).await;
                         if result.is_err() {
                             break;
                         }
@@ -446,7 +449,7 @@ where
                 slot.next_send_ns.store(now + throttle_ns, Ordering::Relaxed);
             }
             if result.is_ok() {
-                result = self.send_quote(&latest).await;
+                result = self.send_quote(latest).await;
                 slot.last_seq.store(target, Ordering::Relaxed);
             }
         }
@@ -454,10 +457,10 @@ where
         result
     }
 
-    async fn send_quote(&mut self, snap: &Snapshot) -> Step {
-        let age = self.wall_now_ns.saturating_sub(snap.quote.ts);
+    async fn send_quote(&mut self, quote: QuoteRef) -> Step {
+        let age = self.wall_now_ns.saturating_sub(quote.ts);
         self.gw.metrics.quote_age(self.shard).record_ns(age);
-        self.send(MsgType::Quote, snap.frames.quote.clone()).await
+        self.send(MsgType::Quote, quote.frame).await
     }
 
     /// Frames one JSON message; it goes out with the next flush (or sooner, when the write
@@ -479,17 +482,15 @@ where
         guard_io(fut, &self.progress, &self.gw.config, &self.shutdown).await
     }
 
+    /// Writes out what is framed; the batch's counts go to the metrics once, here.
     async fn flush(&mut self) -> Step {
-        if self.unflushed == 0 && !self.progress.blocked.load(Ordering::Relaxed) {
-            // Nothing framed since the last flush; control frames (pings) flush themselves.
-            let fut = self.sink.flush();
-            return guard_io(fut, &self.progress, &self.gw.config, &self.shutdown).await;
-        }
         let fut = self.sink.flush();
         guard_io(fut, &self.progress, &self.gw.config, &self.shutdown).await?;
-        self.unflushed = 0;
-        self.gw.metrics.add_tally(&self.tally);
-        self.tally = Tally::default();
+        if self.unflushed > 0 {
+            self.unflushed = 0;
+            self.gw.metrics.add_tally(&self.tally);
+            self.tally = Tally::default();
+        }
         Ok(())
     }
 }
