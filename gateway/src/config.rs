@@ -187,22 +187,9 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
-    /// Checks what the flags' own parsers cannot: that the feed is one this build serves.
+    /// Checks what the flags' own parsers cannot (the feed is checked by
+    /// [`crate::feed::from_config`]).
     pub fn validate(&self) -> Result<(), String> {
-        match self.feed.as_str() {
-            "sim" => {}
-            other if other.starts_with("nats://") => {
-                return Err(format!(
-                    "--feed {other}: this build serves the simulated feed only (--feed sim); the \
-                     NATS feed of the contract's section 5 is not implemented yet"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"
-                ))
-            }
-        }
         Ok(())
     }
 

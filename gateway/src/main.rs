@@ -25,6 +25,13 @@ fn main() -> ExitCode {
         eprintln!("gateway: {message}");
         return ExitCode::from(EX_USAGE);
     }
+    let feed = match gateway::feed::from_config(&config) {
+        Ok(feed) => feed,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -47,7 +54,7 @@ fn main() -> ExitCode {
         let addr = listener.local_addr().expect("bound listener has an address");
         println!("gateway: serving on http://{addr}/ (WebSocket: ws://{addr}/ws)");
         let _ = std::io::stdout().flush();
-        match gateway::run(listener, config, shutdown_signal()).await {
+        match gateway::run(listener, config, feed, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway: {e:#}");

@@ -22,6 +22,7 @@ pub const SUBSCRIPTIONS_ACTIVE: &str = "gateway_subscriptions_active";
 pub const REQUESTS: &str = "gateway_requests_total";
 pub const REQUEST_ERRORS: &str = "gateway_request_errors_total";
 pub const FEED_UPDATES: &str = "gateway_feed_updates_total";
+pub const FEED_DROPPED: &str = "gateway_feed_dropped_updates_total";
 pub const FEED_STALENESS: &str = "gateway_feed_staleness_seconds";
 pub const SYMBOLS: &str = "gateway_symbols";
 pub const MESSAGES_SENT: &str = "gateway_messages_sent_total";
@@ -207,6 +208,7 @@ pub struct Metrics {
     requests: Vec<Counter>,
     request_errors: Vec<Counter>,
     pub feed_updates: Counter,
+    feed_dropped: Counter,
     messages_sent: Vec<Counter>,
     bytes_sent: Vec<Counter>,
     conflated: Counter,
@@ -249,6 +251,11 @@ impl Metrics {
         describe(REQUESTS, None, "Client requests received, by op (invalid: did not decode)");
         describe(REQUEST_ERRORS, None, "Error answers sent, by code");
         describe(FEED_UPDATES, None, "Quote updates received from the feed");
+        describe(
+            FEED_DROPPED,
+            None,
+            "Updates from the feed dropped because their seq was not above the stored one",
+        );
         describe(MESSAGES_SENT, None, "Messages written to sessions, by type");
         describe(
             BYTES_SENT,
@@ -291,6 +298,7 @@ impl Metrics {
                 proto::server::ErrorCode::ALL.iter().map(|c| c.as_str().into()).collect(),
             ),
             feed_updates: counter(FEED_UPDATES, &[]),
+            feed_dropped: counter(FEED_DROPPED, &[]),
             messages_sent: by(
                 MESSAGES_SENT,
                 "type",
@@ -325,6 +333,11 @@ impl Metrics {
         if let Some(i) = REJECTION_STATUSES.iter().position(|&s| s == status) {
             self.handshake_rejections[i].increment(1);
         }
+    }
+
+    /// An update from the feed dropped (stale `seq` or unknown symbol).
+    pub fn feed_update_dropped(&self) {
+        self.feed_dropped.increment(1);
     }
 
     pub fn request(&self, op: OpLabel) {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::wall_ns;
 use crate::config::Config;
 use crate::fanout::{run_shard_fanout, ShardQueue};
-use crate::feed::{spawn_simulator, Publisher};
+use crate::feed::{Feed, FeedError, Publisher};
 use crate::http::{self, per_ip_key, Access, ShardCtx};
 use crate::metrics::Metrics;
 use crate::store::SnapshotStore;
@@ -107,21 +107,20 @@ impl Drop for SessionPermit {
     }
 }
 
-/// Runs a gateway on `listener` until `shutdown` completes, then closes every session with
-/// 1001 within the grace period and returns.
+/// Runs a gateway on `listener`, serving the quotes of `feed`, until `shutdown` completes,
+/// then closes every session with 1001 within the grace period and returns. If the feed
+/// fails, every session is closed the same way and the error is returned: the caller exits
+/// non-zero rather than serve stale quotes as if they were live.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    mut feed: Box<dyn Feed>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let shards = config.shard_count();
     let metrics = Arc::new(Metrics::new(shards));
     config.validate().map_err(anyhow::Error::msg)?;
-    let sim = feed_sim::Simulator::new(config.sim_symbols, config.sim_seed);
-    let store = Arc::new(SnapshotStore::new(
-        sim.symbols().iter().map(|s| (s.name.clone(), s.precision)),
-        shards,
-    ));
+    let store = Arc::new(SnapshotStore::new(std::iter::empty(), shards));
     let max_message = config.max_message_bytes as usize;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
@@ -161,22 +160,35 @@ pub async fn run(
         shard_threads.push(thread);
     }
 
-    let feed_stop = Arc::new(AtomicBool::new(false));
+    let feed_stop = CancellationToken::new();
     // If this future is dropped before it returns (its runtime ends), stop the threads too.
-    let _stop_on_drop =
-        StopOnDrop { feed: Arc::clone(&feed_stop), sessions: gateway.shutdown.clone() };
-    let publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
-    let feed_thread = spawn_simulator(sim, config.sim_rate, publisher, Arc::clone(&feed_stop));
+    let _stop_on_drop = StopOnDrop { feed: feed_stop.clone(), sessions: gateway.shutdown.clone() };
+    let mut publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
+    feed.prime(&mut publisher);
+    let feed_name = feed.name();
+    let (feed_done_tx, mut feed_done) = tokio::sync::oneshot::channel();
+    let feed_thread = spawn_feed(feed, publisher, feed_stop.clone(), feed_done_tx)?;
     tracing::info!(
-        listen = %listener.local_addr()?, shards, symbols = store.table().len(), rate = config.sim_rate,
-        server = %gateway.server_name, "gateway serving the simulated feed"
+        listen = %listener.local_addr()?, shards, symbols = store.table().len(), feed = feed_name,
+        server = %gateway.server_name, "gateway serving"
     );
 
     tokio::pin!(shutdown);
     let mut next = 0usize;
+    let mut failure = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            ended = &mut feed_done => {
+                let why = match ended {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => FeedError::Failed("the feed ended by itself".into()),
+                    Err(_) => FeedError::Failed("the feed's thread panicked".into()),
+                };
+                tracing::error!(feed = feed_name, error = %why, "the feed failed: stopping the gateway, so that a supervisor restarts it");
+                failure = Some(why);
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(stream) = prepare(stream, config) else { continue };
@@ -206,12 +218,35 @@ pub async fn run(
         for thread in shard_threads {
             let _ = thread.join();
         }
-        feed_stop.store(true, Ordering::Relaxed);
+        feed_stop.cancel();
         let _ = feed_thread.join();
     });
     joined.await.context("joining the gateway's threads")?;
+    if let Some(why) = failure {
+        return Err(anyhow::Error::new(why).context("feed failed"));
+    }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Runs `feed` on a thread of its own with a current-thread runtime; its result is sent on
+/// `done` when it ends.
+fn spawn_feed(
+    feed: Box<dyn Feed>,
+    publisher: Publisher,
+    stop: CancellationToken,
+    done: tokio::sync::oneshot::Sender<Result<(), FeedError>>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("feed-{}", feed.name()))
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(feed.run(publisher, stop)),
+                Err(e) => Err(FeedError::Failed(format!("cannot start the feed's runtime: {e}"))),
+            };
+            let _ = done.send(result);
+        })
+        .context("spawning the feed thread")
 }
 
 /// Socket options of an accepted connection; `None` if the socket is already unusable.
@@ -280,13 +315,13 @@ fn run_shard(
 
 /// Stops the feed thread and every session when [`run`] ends or is dropped.
 struct StopOnDrop {
-    feed: Arc<AtomicBool>,
+    feed: CancellationToken,
     sessions: CancellationToken,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.feed.store(true, Ordering::Relaxed);
+        self.feed.cancel();
         self.sessions.cancel();
     }
 }

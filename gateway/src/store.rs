@@ -14,6 +14,7 @@ use bytes::Bytes;
 use proto::{Quote, QuoteFrames};
 
 use crate::fanout::Slot;
+use crate::feed::Published;
 
 /// Updates kept per symbol for catch-up. A writer more than this many updates behind on a
 /// symbol jumps to the latest (conflation). 32 covers ~100 ms of the hottest simulated symbol
@@ -124,6 +125,8 @@ pub struct SnapshotStore {
     /// Wall-clock time of the last update, ns since the epoch (0: none yet).
     last_update_ns: AtomicU64,
     updates: AtomicU64,
+    epoch: ArcSwap<String>,
+    live: AtomicBool,
 }
 
 impl SnapshotStore {
@@ -137,6 +140,8 @@ impl SnapshotStore {
             shards,
             last_update_ns: AtomicU64::new(0),
             updates: AtomicU64::new(0),
+            epoch: ArcSwap::from_pointee(String::new()),
+            live: AtomicBool::new(false),
         };
         for (name, precision) in symbols {
             store.intern(&name, precision);
@@ -188,16 +193,40 @@ impl SnapshotStore {
     /// Stores an update: encodes it once and makes it the symbol's latest. Returns the entry,
     /// for the caller to fan out. A quote whose `seq` is not above the latest is dropped
     /// (`None`): a symbol's `seq` never goes backwards.
-    pub fn publish(&self, id: SymbolId, quote: Quote, now_ns: u64) -> Option<Arc<SymbolEntry>> {
-        let entry = Arc::clone(self.table.load().entries.get(id as usize)?);
+    pub fn publish(
+        &self,
+        id: SymbolId,
+        quote: Quote,
+        now_ns: u64,
+    ) -> Result<Arc<SymbolEntry>, Published> {
+        let table = self.table.load();
+        let entry = Arc::clone(table.entries.get(id as usize).ok_or(Published::UnknownSymbol)?);
         if entry.latest.load().as_ref().is_some_and(|s| s.quote.seq >= quote.seq) {
-            return None;
+            return Err(Published::Stale);
         }
         let frames = quote.encode(&entry.name, entry.precision);
         entry.store(Arc::new(Snapshot { quote, frames }));
         self.last_update_ns.store(now_ns, Ordering::Relaxed);
         self.updates.fetch_add(1, Ordering::Relaxed);
-        Some(entry)
+        Ok(entry)
+    }
+
+    /// The feed's epoch (contract section 3), `""` until the feed names one.
+    pub fn epoch(&self) -> Arc<String> {
+        self.epoch.load_full()
+    }
+
+    pub fn set_epoch(&self, epoch: &str) {
+        self.epoch.store(Arc::new(epoch.to_string()));
+    }
+
+    /// Whether the feed says it is connected and loaded.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Relaxed);
     }
 
     /// Wall-clock ns of the last update, 0 if none.
@@ -225,14 +254,17 @@ mod tests {
         let store = SnapshotStore::new([("AAPL".to_string(), 2)], 1);
         let last = 3 * HISTORY as u64;
         for seq in 1..=last {
-            store.publish(0, quote(seq), seq).unwrap();
+            store.publish(0, quote(seq), seq).ok().unwrap();
         }
         let entry = Arc::clone(&store.table().entries[0]);
         assert_eq!(entry.latest().unwrap().quote.seq, last);
         let oldest_kept = last - HISTORY as u64 + 1;
         assert_eq!(entry.quote_at_seq(oldest_kept).unwrap().seq, oldest_kept);
         assert!(entry.quote_at_seq(oldest_kept - 1).is_none(), "older than the ring");
-        assert!(store.publish(0, quote(last), last + 1).is_none(), "seq must rise");
+        assert!(
+            matches!(store.publish(0, quote(last), last + 1), Err(Published::Stale)),
+            "seq must rise"
+        );
         assert_eq!(store.updates(), last);
     }
 

@@ -42,8 +42,15 @@ pub struct Limits {
     pub max_requests_per_sec: u32,
 }
 
-/// `welcome`: the first message of every session.
-pub fn welcome(server: &str, session: &str, ts: u64, heartbeat_ms: u64, limits: Limits) -> Vec<u8> {
+/// `welcome`: the first message of every session. `epoch` names the feed's sequence space.
+pub fn welcome(
+    server: &str,
+    session: &str,
+    epoch: &str,
+    ts: u64,
+    heartbeat_ms: u64,
+    limits: Limits,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"type\":\"welcome\",\"protocol\":");
     write_u64(&mut out, u64::from(crate::PROTOCOL_VERSION));
@@ -51,6 +58,8 @@ pub fn welcome(server: &str, session: &str, ts: u64, heartbeat_ms: u64, limits: 
     write_str(&mut out, server);
     out.extend_from_slice(b",\"session\":");
     write_str(&mut out, session);
+    out.extend_from_slice(b",\"epoch\":");
+    write_str(&mut out, epoch);
     out.extend_from_slice(b",\"ts\":");
     write_u64(&mut out, ts);
     out.extend_from_slice(b",\"heartbeat_ms\":");
@@ -167,8 +176,8 @@ mod tests {
         let limits =
             Limits { max_subscriptions: 1000, max_message_bytes: 65536, max_requests_per_sec: 50 };
         assert_eq!(
-            s(welcome("gw-1", "3f9c1a", 1763775600000000000, 5000, limits)),
-            r#"{"type":"welcome","protocol":1,"server":"gw-1","session":"3f9c1a","ts":1763775600000000000,"heartbeat_ms":5000,"limits":{"max_subscriptions":1000,"max_message_bytes":65536,"max_requests_per_sec":50}}"#
+            s(welcome("gw-1", "3f9c1a", "7f3a9c", 1763775600000000000, 5000, limits)),
+            r#"{"type":"welcome","protocol":1,"server":"gw-1","session":"3f9c1a","epoch":"7f3a9c","ts":1763775600000000000,"heartbeat_ms":5000,"limits":{"max_subscriptions":1000,"max_message_bytes":65536,"max_requests_per_sec":50}}"#
         );
         assert_eq!(
             s(ack(Some(&RequestId::Num(1)), "subscribe", ["AAPL", "MSFT"])),

@@ -147,9 +147,11 @@ where
             max_message_bytes: config.max_message_bytes,
             max_requests_per_sec: config.max_requests_per_sec,
         };
+        let epoch = self.gw.store.epoch();
         let welcome = server::welcome(
             &self.gw.server_name,
             &self.session_id,
+            &epoch,
             wall_ns(),
             config.heartbeat_ms,
             limits,

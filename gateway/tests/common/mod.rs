@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use gateway::feed::manual::{ManualFeed, ManualFeedHandle};
 use gateway::Config;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,16 +42,43 @@ impl TestGateway {
         Self::start_with(|_| {}).await
     }
 
+    /// A gateway on the simulated feed its configuration describes.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestGateway {
         let mut config = test_config();
         configure(&mut config);
+        let feed = gateway::feed::from_config(&config).expect("the configured feed");
+        Self::start_on(config, feed).await
+    }
+
+    /// A gateway on a manual feed: symbols (name, precision) known, no quotes until the
+    /// returned handle publishes them.
+    pub async fn start_manual(
+        symbols: &[(&str, u8)],
+        configure: impl FnOnce(&mut Config),
+    ) -> (TestGateway, ManualFeedHandle) {
+        let mut config = test_config();
+        configure(&mut config);
+        let (feed, handle) = ManualFeed::new(
+            symbols.iter().map(|&(name, precision)| (name.to_string(), precision)),
+            "test-epoch",
+        );
+        (Self::start_on(config, Box::new(feed)).await, handle)
+    }
+
+    pub async fn start_on(config: Config, feed: Box<dyn gateway::feed::Feed>) -> TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::run(listener, config, async move {
+        let task = tokio::spawn(gateway::run(listener, config, feed, async move {
             let _ = stopped.await;
         }));
         TestGateway { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Waits for `run` to return by itself (the feed failed, say), within `within`.
+    pub async fn ended(mut self, within: Duration) -> anyhow::Result<()> {
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(within, task).await.expect("gateway stops by itself").unwrap()
     }
 
     pub fn ws_url(&self) -> String {

@@ -1,0 +1,146 @@
+//! The feed: where quotes come from, as an input of the gateway.
+//!
+//! A [`Feed`] is a source of quotes: the embedded simulator ([`sim`]), a NATS stream, or a
+//! test's [`manual`] feed. [`crate::run`] takes one from outside (`main.rs` builds the one the
+//! configuration names) and drives it on a thread of its own; the feed hands its quotes to a
+//! [`Publisher`], which stores each update (encoded once) and tells the shards. A feed never
+//! sees a session, and nothing here encodes per client.
+
+pub mod manual;
+pub mod sim;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::Quote;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::wall_ns;
+use crate::config::Config;
+use crate::fanout::ShardQueue;
+use crate::metrics::Metrics;
+use crate::store::{SnapshotStore, SymbolId};
+
+/// Why a feed stopped for good. The gateway then logs it and exits non-zero, so that a
+/// supervisor restarts it: it never goes on serving stale quotes as if they were live.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The configuration names a feed this build cannot serve.
+    #[error("{0}")]
+    Config(String),
+    /// The feed failed while running.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The boxed future a feed runs as.
+pub type FeedRun = Pin<Box<dyn Future<Output = Result<(), FeedError>> + Send>>;
+
+/// A source of quotes.
+pub trait Feed: Send + 'static {
+    /// A short name for logs (`sim`, `nats`, `manual`).
+    fn name(&self) -> &'static str;
+
+    /// Called once before the gateway serves, on the caller's thread: intern the symbols known
+    /// at start, set the epoch, store opening quotes. Must not block for long.
+    fn prime(&mut self, publisher: &mut Publisher);
+
+    /// Runs the feed until `stop` is cancelled (then `Ok`), on a thread and runtime of its own
+    /// (a current-thread tokio runtime). `Err` ends the gateway.
+    fn run(self: Box<Self>, publisher: Publisher, stop: CancellationToken) -> FeedRun;
+}
+
+/// The feed the configuration names (`--feed`).
+pub fn from_config(config: &Config) -> Result<Box<dyn Feed>, FeedError> {
+    match config.feed.as_str() {
+        "sim" => Ok(Box::new(sim::SimFeed::from_config(config))),
+        other if other.starts_with("nats://") => Err(FeedError::Config(format!(
+            "--feed {other}: this build serves the simulated feed only (--feed sim); the NATS \
+             feed of the contract's section 5 is not implemented yet"
+        ))),
+        other => Err(FeedError::Config(format!(
+            "--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"
+        ))),
+    }
+}
+
+/// What an update became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and queued for fan-out.
+    Stored,
+    /// Dropped: its `seq` is not above the stored one (counted).
+    Stale,
+    /// Dropped: no such symbol id.
+    UnknownSymbol,
+}
+
+/// Hands updates to the store and the shards. Owned by the feed's thread.
+pub struct Publisher {
+    store: Arc<SnapshotStore>,
+    shards: Vec<Arc<ShardQueue>>,
+    metrics: Arc<Metrics>,
+    woken: Vec<bool>,
+}
+
+impl Publisher {
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        shards: Vec<Arc<ShardQueue>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let woken = vec![false; shards.len()];
+        Publisher { store, shards, metrics, woken }
+    }
+
+    /// The store the updates go to (for reading what is already stored).
+    pub fn store(&self) -> &SnapshotStore {
+        &self.store
+    }
+
+    /// The id of `name`, added if new (precision: the decimals its prices are written with).
+    /// `None` for a name that cannot be a symbol.
+    pub fn intern(&mut self, name: &str, precision: u8) -> Option<SymbolId> {
+        self.store.intern(name, precision)
+    }
+
+    /// Names the feed's sequence space, announced in every `welcome` (contract section 3).
+    pub fn set_epoch(&mut self, epoch: &str) {
+        self.store.set_epoch(epoch);
+    }
+
+    /// Whether the feed is connected and loaded; `/readyz` answers 503 while it is not.
+    pub fn set_live(&mut self, live: bool) {
+        self.store.set_live(live);
+    }
+
+    /// Stores one update and queues it for fan-out; call [`Self::flush`] after a batch.
+    pub fn publish(&mut self, id: SymbolId, quote: Quote) -> Published {
+        let entry = match self.store.publish(id, quote, wall_ns()) {
+            Ok(entry) => entry,
+            Err(why) => {
+                self.metrics.feed_update_dropped();
+                return why;
+            }
+        };
+        self.metrics.feed_updates.increment(1);
+        for (shard, queue) in self.shards.iter().enumerate() {
+            let subs = &entry.shards[shard];
+            if !subs.slots.load().is_empty() {
+                queue.push(id, &subs.queued);
+                self.woken[shard] = true;
+            }
+        }
+        Published::Stored
+    }
+
+    /// Wakes the shards that got updates since the last call.
+    pub fn flush(&mut self) {
+        for (queue, woken) in self.shards.iter().zip(self.woken.iter_mut()) {
+            if std::mem::take(woken) {
+                queue.wake();
+            }
+        }
+    }
+}
