@@ -50,9 +50,25 @@ pub const DEFAULT_SEND_BUFFER_BYTES: usize = 8 * 1024;
 /// Bytes a writer frames before it flushes: several quotes per write system call, and a
 /// bound on what is committed beyond the kernel buffer.
 pub const DEFAULT_WRITE_BUDGET_BYTES: usize = 8 * 1024;
-/// Client requests are small; tungstenite's 128 KiB default would cost 1.2 GiB at 10,000
-/// sessions.
-pub const DEFAULT_READ_BUFFER_BYTES: usize = 1024;
+/// Connections still in their HTTP request or upgrade, at most, across the process. Each holds
+/// at most `max_request_head_bytes` until its handshake timeout: 4,096 × 16 KiB = 64 MiB in the
+/// worst case, whatever a flood of half-open connections does; past it, new connections are
+/// refused at once (503).
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: u32 = 4_096;
+/// An HTTP request head (request line and headers) must fit in this: enough for a
+/// `/snapshot` URL naming every symbol a session may subscribe to (1,000 names).
+pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: u32 = 16 * 1024;
+/// Each symbol keeps its updates of the last 10 s: a reconnect within a few seconds resumes
+/// without loss (see docs/backpressure.md for the memory this takes).
+pub const DEFAULT_HISTORY_MS: u64 = 10_000;
+/// Missed updates received longer ago than this are not replayed to a session that keeps up:
+/// the shard itself runs late (overload), and replaying would be a queue; the latest is sent
+/// instead (conflation). A shard that keeps up is late by well under a millisecond (tens when
+/// the OS deschedules it), so 50 ms loses nothing then, and bounds quote age under overload.
+pub const DEFAULT_REPLAY_MAX_AGE_MS: u64 = 50;
+/// ... but at most this many per symbol: ~6.8 s of the hottest simulated symbol at the
+/// default rate (300 updates/s), ~1.4 MiB for that symbol.
+pub const DEFAULT_HISTORY_MAX_UPDATES: u32 = 2_048;
 /// Simulated updates per second, across all symbols.
 pub const DEFAULT_SIM_RATE: u32 = feed_sim::DEFAULT_RATE;
 /// Simulated symbols.
@@ -149,9 +165,25 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_WRITE_BUDGET_BYTES", default_value_t = DEFAULT_WRITE_BUDGET_BYTES, value_parser = clap::value_parser!(u32).range(512..=16_777_216).map(|v| v as usize))]
     pub write_budget_bytes: usize,
 
-    /// Read buffer per session (chunk size of socket reads)
-    #[arg(long, env = "GATEWAY_READ_BUFFER_BYTES", default_value_t = DEFAULT_READ_BUFFER_BYTES, value_parser = clap::value_parser!(u32).range(256..=16_777_216).map(|v| v as usize))]
-    pub read_buffer_bytes: usize,
+    /// Connections still in their HTTP request or upgrade, at most (past it: refused, 503)
+    #[arg(long, env = "GATEWAY_MAX_PENDING_CONNECTIONS", default_value_t = DEFAULT_MAX_PENDING_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_connections: u32,
+
+    /// Largest HTTP request head in bytes (past it: 414 or 431)
+    #[arg(long, env = "GATEWAY_MAX_REQUEST_HEAD_BYTES", default_value_t = DEFAULT_MAX_REQUEST_HEAD_BYTES, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub max_request_head_bytes: u32,
+
+    /// How long each symbol's updates are kept for replay and resume, in ms
+    #[arg(long, env = "GATEWAY_HISTORY_MS", default_value_t = DEFAULT_HISTORY_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub history_ms: u64,
+
+    /// Missed updates older than this are not replayed to a live session (overload: it gets the latest)
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_AGE_MS", default_value_t = DEFAULT_REPLAY_MAX_AGE_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub replay_max_age_ms: u64,
+
+    /// Most updates kept per symbol for replay and resume
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_UPDATES", default_value_t = DEFAULT_HISTORY_MAX_UPDATES, value_parser = clap::value_parser!(u32).range(32..=1_000_000))]
+    pub history_max_updates: u32,
 
     /// Event-loop threads (shards) sessions are spread over (0: one per CPU core)
     #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
@@ -165,6 +197,12 @@ pub struct Config {
     /// gets 401. `TOKEN` is entitled to every symbol, `TOKEN=SYM1+SYM2` only to those listed.
     #[arg(long, env = "GATEWAY_ACCESS_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub access_tokens: Vec<String>,
+
+    /// A fault injected by tests: a session that subscribes to this name panics while its
+    /// request is handled. Not settable from the command line or the environment.
+    #[arg(skip)]
+    #[doc(hidden)]
+    pub panic_on_symbol: Option<String>,
 }
 
 impl Config {
@@ -182,6 +220,12 @@ impl Config {
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn history_limits(&self) -> crate::store::HistoryLimits {
+        crate::store::HistoryLimits {
+            max_age_ns: self.history_ms * 1_000_000,
+            max_len: self.history_max_updates as usize,
+        }
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)

@@ -3,31 +3,39 @@
 //! Data path, left to right (one module each):
 //!
 //! ```text
-//! feed ──> store ──> fanout ──────────> session::writer ──> socket
-//! (sim)    (latest   (per shard: mark    (one per session:
-//!           quote,    each subscriber's   take marks, send
-//!           encoded   slot dirty, wake    frames, flush once)
-//!           once)     its writer)
-//!                                         session::reader <── socket
-//!                                         (requests, limits)
+//! feed ──> store ──> shard: fan-out ──> shard: write pass ──> socket
+//! (sim,    (latest,  (mark each         (per session: what the
+//!  NATS)    history,  subscriber's       policy says is due, in one
+//!           encoded   subscription)      vectored write)
+//!           once)
+//!                    shard: read ──> session::requests (limits, subscriptions, answers)
 //! ```
 //!
-//! - [`feed`]: where quotes come from; stores them and queues their symbols per shard.
-//! - [`store`]: the snapshot store, lock-free reads of every symbol's latest quote and frames.
-//! - [`fanout`]: dirty-mark fan-out; a session holds one slot per subscription, never a queue.
-//! - [`session`]: one task per session, a reader and the writer that owns the session's order.
-//! - [`http`]: the HTTP endpoints and the WebSocket upgrade, on the same port.
-//! - [`server`]: shards, the accept loop, shutdown; [`run`] is the whole gateway.
-//! - [`config`], [`metrics`], [`clock`]: settings, the Prometheus metrics, time.
+//! - [`feed`]: where quotes come from (an input of [`run`]); the [`feed::Publisher`] stores
+//!   them and tells the shards.
+//! - [`store`]: every symbol's latest quote (encoded once) and its recent history.
+//! - [`shard`]: one thread and event loop per core: connections, fan-out, timers, writes.
+//! - [`session`]: one session's state, its requests, and the pure delivery [`session::policy`].
+//! - [`net`]: bytes on the wire: HTTP/1.1 heads, WebSocket framing, the socket.
+//! - [`routes`]: what each HTTP endpoint answers, and the checks before a session opens.
+//! - [`server`]: shards, the feed thread, the accept loop, shutdown; [`run`] is the gateway.
+//! - [`state`], [`access`], [`config`], [`metrics`], [`clock`]: shared state, access
+//!   control, settings, the Prometheus metrics, time.
+//!
+//! Layers (imports point one way): config, clock, metrics -> store -> feed -> session ->
+//! shard -> routes, net -> server.
 
+pub mod access;
 pub mod clock;
 pub mod config;
-pub mod fanout;
 pub mod feed;
-pub mod http;
 pub mod metrics;
+pub mod net;
+pub mod routes;
 pub mod server;
 pub mod session;
+pub mod shard;
+pub mod state;
 pub mod store;
 
 pub use config::Config;

@@ -152,12 +152,15 @@ impl OpLabel {
 /// Handshake refusal statuses, the `status` label of [`HANDSHAKE_REJECTIONS`].
 pub const REJECTION_STATUSES: [u16; 4] = [401, 403, 426, 503];
 
-/// What one writer sent in one batch; added to the shared counters once per batch.
+/// What one shard sent in one turn of its loop; added to the shared counters once per turn.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tally {
     pub messages: [u64; 7],
     pub bytes: [u64; 7],
     pub conflated: u64,
+    /// Writes that carried frames, and the frames they carried.
+    pub writes: u64,
+    pub frames: u64,
 }
 
 impl Tally {
@@ -165,6 +168,10 @@ impl Tally {
     pub fn sent(&mut self, kind: MsgType, bytes: usize) {
         self.messages[kind as usize] += 1;
         self.bytes[kind as usize] += bytes as u64;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes == 0 && self.conflated == 0 && self.messages.iter().all(|&n| n == 0)
     }
 }
 

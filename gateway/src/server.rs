@@ -1,173 +1,74 @@
-//! The gateway as a whole: shared state, shards, the accept loop, and graceful shutdown.
+//! The gateway as a whole: the shards, the feed's thread, the accept loop, and shutdown.
 //!
-//! Sessions are spread over shards, one thread each with a current-thread runtime: a woken
-//! writer then runs in FIFO order after the others, and each write carries more frames (see
-//! `../shared/DESIGN-NOTES.md`, "Scheduling decides the tail"). The feed hands each shard its
-//! updated symbols; everything else a session touches lives on its shard.
+//! Connections are accepted here and handed to the shards round robin; from then on a
+//! connection lives on its shard (see [`crate::shard`]). The feed runs on a thread of its own
+//! and tells the shards which symbols changed. If the feed or a shard fails, every session is
+//! closed (1001) and [`run`] returns the error, so that the process exits non-zero and a
+//! supervisor restarts it: the gateway never goes on serving stale quotes as if they were live.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::access::Access;
 use crate::clock::wall_ns;
 use crate::config::Config;
-use crate::fanout::{run_shard_fanout, ShardQueue};
 use crate::feed::{Feed, FeedError, Publisher};
-use crate::http::{self, per_ip_key, Access, ShardCtx};
 use crate::metrics::Metrics;
+use crate::shard::inbox::{Command, Inbox, Listener};
+use crate::shard::{self, ShardError, ShardHandle};
+use crate::state::Gateway;
 use crate::store::SnapshotStore;
-
-/// Accepted connections waiting for their shard; the accept loop waits when a shard lags.
-const SHARD_BACKLOG: usize = 256;
-
-/// What every part of one gateway shares.
-pub struct Gateway {
-    pub config: Config,
-    pub server_name: String,
-    pub store: Arc<SnapshotStore>,
-    pub metrics: Arc<Metrics>,
-    pub access: Access,
-    pub ws_config: WebSocketConfig,
-    pub shutdown: CancellationToken,
-    pub sessions_active: AtomicU64,
-    pub subscriptions_active: AtomicU64,
-    pub started_wall_ns: u64,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    session_counter: AtomicU64,
-}
-
-impl Gateway {
-    /// A short unique session id: a per-process random base plus a counter, in hex.
-    pub fn next_session_id(&self) -> String {
-        let n = self.session_counter.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{:x}",
-            (self.started_wall_ns >> 10).wrapping_mul(0x9e37_79b9).wrapping_add(n)
-                & 0xffff_ffff_ffff
-        )
-    }
-}
-
-/// A reserved session place: counted against the connection limits until dropped.
-pub struct SessionPermit {
-    gateway: Arc<Gateway>,
-    ip: Option<IpAddr>,
-}
-
-impl SessionPermit {
-    /// Reserves a place, or says which limit is reached.
-    pub fn acquire(gw: &Arc<Gateway>, ip: IpAddr) -> Result<SessionPermit, &'static str> {
-        let max = u64::from(gw.config.max_connections);
-        if gw
-            .sessions_active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
-            .is_err()
-        {
-            return Err("connection limit reached");
-        }
-        let mut permit = SessionPermit { gateway: Arc::clone(gw), ip: None };
-        let per_ip_max = gw.config.max_connections_per_ip;
-        if per_ip_max > 0 {
-            let key = per_ip_key(ip);
-            let mut counts = gw.per_ip.lock();
-            let count = counts.entry(key).or_insert(0);
-            if *count >= per_ip_max {
-                return Err("connection limit per client address reached");
-            }
-            *count += 1;
-            permit.ip = Some(key);
-        }
-        Ok(permit)
-    }
-}
-
-impl Drop for SessionPermit {
-    fn drop(&mut self) {
-        self.gateway.sessions_active.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = self.ip {
-            let mut counts = self.gateway.per_ip.lock();
-            if let Some(count) = counts.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&ip);
-                }
-            }
-        }
-    }
-}
 
 /// Runs a gateway on `listener`, serving the quotes of `feed`, until `shutdown` completes,
 /// then closes every session with 1001 within the grace period and returns. If the feed
-/// fails, every session is closed the same way and the error is returned: the caller exits
-/// non-zero rather than serve stale quotes as if they were live.
+/// fails, every session is closed the same way and the error is returned.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     mut feed: Box<dyn Feed>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let shards = config.shard_count();
     let metrics = Arc::new(Metrics::new(shards));
-    config.validate().map_err(anyhow::Error::msg)?;
-    let store = Arc::new(SnapshotStore::new(std::iter::empty(), shards));
-    let max_message = config.max_message_bytes as usize;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_bytes)
-        .write_buffer_size(config.write_budget_bytes)
-        .max_write_buffer_size(config.write_budget_bytes + 2 * max_message + 4096)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message));
-    let gateway = Arc::new(Gateway {
-        server_name: config.server_name(),
-        access: Access::new(&config.allowed_origins, &config.access_tokens),
-        store: Arc::clone(&store),
-        metrics: Arc::clone(&metrics),
-        ws_config,
-        shutdown: CancellationToken::new(),
-        sessions_active: AtomicU64::new(0),
-        subscriptions_active: AtomicU64::new(0),
-        started_wall_ns: wall_ns(),
-        per_ip: Mutex::new(HashMap::new()),
-        session_counter: AtomicU64::new(0),
-        config,
-    });
+    let store = Arc::new(SnapshotStore::new(std::iter::empty(), shards, config.history_limits()));
+    let access = Access::new(&config.allowed_origins, &config.access_tokens);
+    let gateway =
+        Arc::new(Gateway::new(config, Arc::clone(&store), Arc::clone(&metrics), access, wall_ns()));
     let config = &gateway.config;
 
-    let queues: Vec<Arc<ShardQueue>> =
-        (0..shards).map(|_| Arc::new(ShardQueue::default())).collect();
-    let mut shard_tx = Vec::with_capacity(shards);
-    let mut shard_threads = Vec::with_capacity(shards);
-    for (shard, queue) in queues.iter().enumerate() {
-        let (tx, rx) = mpsc::channel(SHARD_BACKLOG);
-        let gateway = Arc::clone(&gateway);
-        let queue = Arc::clone(queue);
-        let thread = std::thread::Builder::new()
-            .name(format!("gw-shard-{shard}"))
-            .spawn(move || run_shard(shard, gateway, queue, rx))
-            .context("spawning a shard thread")?;
-        shard_tx.push(tx);
-        shard_threads.push(thread);
+    let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        handles.push(shard::spawn(shard, Arc::clone(&gateway)).context("starting a shard")?);
     }
-
-    let feed_stop = CancellationToken::new();
+    let inboxes: Vec<Arc<Inbox>> = handles.iter().map(|h| Arc::clone(&h.inbox)).collect();
     // If this future is dropped before it returns (its runtime ends), stop the threads too.
-    let _stop_on_drop = StopOnDrop { feed: feed_stop.clone(), sessions: gateway.shutdown.clone() };
-    let mut publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
+    let feed_stop = CancellationToken::new();
+    let _stop_on_drop = StopOnDrop { feed: feed_stop.clone(), shards: inboxes.clone() };
+
+    let mut publisher = Publisher::new(Arc::clone(&store), inboxes.clone(), Arc::clone(&metrics));
     feed.prime(&mut publisher);
     let feed_name = feed.name();
     let (feed_done_tx, mut feed_done) = tokio::sync::oneshot::channel();
     let feed_thread = spawn_feed(feed, publisher, feed_stop.clone(), feed_done_tx)?;
+    let (shard_failed_tx, mut shard_failed) = tokio::sync::mpsc::unbounded_channel();
+    let mut shard_threads = Vec::with_capacity(shards);
+    for handle in handles {
+        let failed = shard_failed_tx.clone();
+        // A watcher per shard thread: a shard that stops before shutdown is a failure.
+        shard_threads.push(std::thread::spawn(move || {
+            let result = handle.thread.join().unwrap_or_else(|_| {
+                Err(ShardError::Panicked(usize::MAX, "shard thread panicked".into()))
+            });
+            let _ = failed.send(result);
+        }));
+    }
+    drop(shard_failed_tx);
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), feed = feed_name,
         server = %gateway.server_name, "gateway serving"
@@ -175,7 +76,7 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let mut next = 0usize;
-    let mut failure = None;
+    let mut failure: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -186,15 +87,22 @@ pub async fn run(
                     Err(_) => FeedError::Failed("the feed's thread panicked".into()),
                 };
                 tracing::error!(feed = feed_name, error = %why, "the feed failed: stopping the gateway, so that a supervisor restarts it");
-                failure = Some(why);
+                failure = Some(anyhow::Error::new(why).context("feed failed"));
+                break;
+            }
+            Some(ended) = shard_failed.recv() => {
+                let why = match ended {
+                    Ok(()) => anyhow::anyhow!("a shard stopped by itself"),
+                    Err(e) => anyhow::Error::new(e),
+                };
+                tracing::error!(error = %why, "a shard failed: stopping the gateway, so that a supervisor restarts it");
+                failure = Some(why.context("shard failed"));
                 break;
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(stream) = prepare(stream, config) else { continue };
-                    if shard_tx[next].send((stream, peer)).await.is_err() {
-                        break;
-                    }
+                    inboxes[next].send(Command::Connection { stream, peer, listener: Listener::Main });
                     next = (next + 1) % shards;
                 }
                 Err(e) => {
@@ -206,14 +114,15 @@ pub async fn run(
         }
     }
     drop(listener);
-    let sessions = gateway.sessions_active.load(Ordering::Relaxed);
+    let sessions = gateway.sessions_active.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         sessions,
         grace_ms = config.shutdown_grace_ms,
         "shutting down: closing every session with 1001"
     );
-    gateway.shutdown.cancel();
-    drop(shard_tx);
+    for inbox in &inboxes {
+        inbox.send(Command::Shutdown);
+    }
     let joined = tokio::task::spawn_blocking(move || {
         for thread in shard_threads {
             let _ = thread.join();
@@ -223,10 +132,20 @@ pub async fn run(
     });
     joined.await.context("joining the gateway's threads")?;
     if let Some(why) = failure {
-        return Err(anyhow::Error::new(why).context("feed failed"));
+        return Err(why);
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Socket options of an accepted connection; `None` if the socket is already unusable.
+fn prepare(stream: TcpStream, config: &Config) -> Option<std::net::TcpStream> {
+    // Quotes are latency-sensitive and written in batches already: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    // Bytes in the kernel can no longer be conflated: a small send buffer keeps a slow
+    // reader's backlog in its subscriptions, where it conflates (docs/backpressure.md).
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(config.send_buffer_bytes);
+    stream.into_std().ok()
 }
 
 /// Runs `feed` on a thread of its own with a current-thread runtime; its result is sent on
@@ -249,79 +168,17 @@ fn spawn_feed(
         .context("spawning the feed thread")
 }
 
-/// Socket options of an accepted connection; `None` if the socket is already unusable.
-fn prepare(stream: TcpStream, config: &Config) -> Option<std::net::TcpStream> {
-    // Quotes are latency-sensitive and written in batches already: no Nagle delay.
-    let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(config.send_buffer_bytes);
-    stream.into_std().ok()
-}
-
-/// One shard: a thread with a current-thread runtime running the shard's fan-out and the
-/// connections handed to it, until shutdown and the grace period have passed.
-fn run_shard(
-    shard: usize,
-    gateway: Arc<Gateway>,
-    queue: Arc<ShardQueue>,
-    mut rx: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(shard, error = %e, "cannot start a shard runtime");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let ctx = Arc::new(ShardCtx {
-            gateway: Arc::clone(&gateway),
-            shard,
-            sessions: TaskTracker::new(),
-            shutdown: gateway.shutdown.child_token(),
-        });
-        tokio::spawn(run_shard_fanout(
-            shard,
-            queue,
-            Arc::clone(&gateway.store),
-            Arc::clone(&gateway.metrics),
-            ctx.shutdown.clone(),
-        ));
-        let router = http::router(Arc::clone(&ctx));
-        while let Some((stream, peer)) = rx.recv().await {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    tokio::spawn(http::serve_connection(
-                        stream,
-                        peer,
-                        router.clone(),
-                        Arc::clone(&ctx),
-                    ));
-                }
-                Err(e) => tracing::debug!(%peer, error = %e, "dropping a connection"),
-            }
-        }
-        ctx.sessions.close();
-        let grace = gateway.config.shutdown_grace();
-        if tokio::time::timeout(grace, ctx.sessions.wait()).await.is_err() {
-            tracing::warn!(
-                shard,
-                remaining = ctx.sessions.len(),
-                grace_ms = grace.as_millis() as u64,
-                "shutdown grace period ended before every session had closed; dropping the rest"
-            );
-        }
-    });
-}
-
-/// Stops the feed thread and every session when [`run`] ends or is dropped.
+/// Stops the feed thread and every shard when [`run`] ends or is dropped.
 struct StopOnDrop {
     feed: CancellationToken,
-    sessions: CancellationToken,
+    shards: Vec<Arc<Inbox>>,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.feed.cancel();
-        self.sessions.cancel();
+        for inbox in &self.shards {
+            inbox.send(Command::Shutdown);
+        }
     }
 }

@@ -1,26 +1,22 @@
-//! The snapshot store: the latest quote of every symbol, readable by any task without locks.
+//! The snapshot store: the latest quote of every symbol, readable by any thread without locks,
+//! and each symbol's recent history, from which sessions replay what they missed.
 //!
 //! Symbols are interned to dense ids once; the hot path indexes vectors, never hashes names.
 //! Each symbol keeps its latest [`Snapshot`] (the quote and its frames, encoded once by the feed
-//! side) and a short ring of the previous ones, from which a writer whose client keeps up sends
-//! every update in order. The store never blocks the feed and never encodes per client.
+//! side, shared by every session) behind an `ArcSwap`, and a history of its recent updates
+//! bounded by age and count (see [`HistoryLimits`]). The store never blocks the feed on a
+//! reader, never encodes per client, and knows nothing of sessions: a shard only finds here,
+//! per symbol, whether it has it queued and whether it has subscribers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::Bytes;
+use parking_lot::Mutex;
 use proto::{Quote, QuoteFrames};
 
-use crate::fanout::Slot;
 use crate::feed::Published;
-
-/// Updates kept per symbol for catch-up. A writer more than this many updates behind on a
-/// symbol jumps to the latest (conflation). 32 covers ~100 ms of the hottest simulated symbol
-/// at the default rate (a writer descheduled that long still misses nothing), for ~25 KiB
-/// per symbol (12 MiB at 500 symbols).
-pub const HISTORY: usize = 32;
 
 /// Dense symbol id.
 pub type SymbolId = u32;
@@ -30,29 +26,31 @@ pub type SymbolId = u32;
 pub struct Snapshot {
     pub quote: Quote,
     pub frames: QuoteFrames,
+    /// When the gateway stored it (monotonic ns, [`crate::clock::mono_ns`]). Replay decisions use
+    /// this, never the feed's `ts`: a remote feed's clock may be skewed.
+    pub received_ns: u64,
 }
 
-/// What a writer needs of one update to send it as a `quote`.
-pub struct QuoteRef {
-    pub seq: u64,
-    pub ts: u64,
-    /// The shared `quote` frame.
-    pub frame: Bytes,
+/// How much history each symbol keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Updates older than this are dropped (beyond the [`HISTORY_MIN`] newest).
+    pub max_age_ns: u64,
+    /// At most this many updates per symbol.
+    pub max_len: usize,
 }
 
-impl QuoteRef {
-    fn of(snap: &Snapshot) -> QuoteRef {
-        QuoteRef { seq: snap.quote.seq, ts: snap.quote.ts, frame: snap.frames.quote.clone() }
-    }
-}
+/// Updates every symbol keeps whatever their age: enough for a session that was briefly late
+/// to replay a short gap of a quiet symbol.
+pub const HISTORY_MIN: usize = 32;
 
-/// A symbol's subscribers on one shard, and whether the shard's fan-out has it queued.
+/// Per shard, per symbol: the flags the feed and that shard share.
 #[derive(Default)]
-pub struct ShardSubscribers {
-    /// Read without locks by the fan-out; replaced copy-on-write on (rare) subscription changes.
-    pub slots: ArcSwap<Vec<Arc<Slot>>>,
+pub struct ShardFlags {
     /// Set while the symbol sits in the shard's queue, so an update queues it at most once.
     pub queued: AtomicBool,
+    /// Set by the shard while any of its sessions subscribes to the symbol.
+    pub subscribed: AtomicBool,
 }
 
 /// Everything the gateway holds for one symbol.
@@ -61,9 +59,10 @@ pub struct SymbolEntry {
     pub name: Box<str>,
     pub precision: u8,
     latest: ArcSwapOption<Snapshot>,
-    history: [ArcSwapOption<Snapshot>; HISTORY],
-    /// One list per shard.
-    pub shards: Box<[ShardSubscribers]>,
+    /// Oldest first; `seq` strictly rising. Written by the feed, read on replays.
+    history: Mutex<VecDeque<Arc<Snapshot>>>,
+    /// One per shard.
+    pub shards: Box<[ShardFlags]>,
 }
 
 impl SymbolEntry {
@@ -72,22 +71,82 @@ impl SymbolEntry {
         self.latest.load_full()
     }
 
-    /// The latest update as a writer sends it. Read under arc-swap's short-lived guard: the
-    /// per-delivery path takes no reference on the snapshot all sessions share.
-    pub fn latest_quote(&self) -> Option<QuoteRef> {
-        self.latest.load().as_deref().map(QuoteRef::of)
+    /// `seq` of the latest update (0: none yet), read without taking a reference.
+    pub fn latest_seq(&self) -> u64 {
+        self.latest.load().as_ref().map_or(0, |s| s.quote.seq)
     }
 
-    /// The update with exactly this `seq`, if it is still in the ring.
-    pub fn quote_at_seq(&self, seq: u64) -> Option<QuoteRef> {
-        let guard = self.history[(seq % HISTORY as u64) as usize].load();
-        guard.as_deref().filter(|s| s.quote.seq == seq).map(QuoteRef::of)
+    /// Appends to `out` the updates with `seq` in `after + 1 ..= upto`, oldest first, at most
+    /// `max` of them, and returns whether `after + 1` was held (else nothing is appended).
+    pub fn history_after(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+        out: &mut Vec<Arc<Snapshot>>,
+    ) -> bool {
+        let history = self.history.lock();
+        let Some(i) = index_of(&history, after + 1) else { return false };
+        out.extend(history.range(i..).take_while(|s| s.quote.seq <= upto).take(max).cloned());
+        true
     }
 
-    fn store(&self, snap: Arc<Snapshot>) {
-        self.history[(snap.quote.seq % HISTORY as u64) as usize].store(Some(snap.clone()));
+    /// When the update `seq` was received, if it is held.
+    pub fn received_ns_of(&self, seq: u64) -> Option<u64> {
+        let history = self.history.lock();
+        index_of(&history, seq).map(|i| history[i].received_ns)
+    }
+
+    /// Whether every update after `seq` up to the latest is held, with no gap: a session that
+    /// last got `seq` can be replayed exactly.
+    pub fn holds_every_update_after(&self, seq: u64) -> bool {
+        let history = self.history.lock();
+        let Some(last) = history.back() else { return false };
+        if seq >= last.quote.seq {
+            return seq == last.quote.seq;
+        }
+        match index_of(&history, seq + 1) {
+            // `seq` strictly rises, so a run of equal length is a run without gaps.
+            Some(i) => last.quote.seq - (seq + 1) == (history.len() - 1 - i) as u64,
+            None => false,
+        }
+    }
+
+    /// Updates held now, and the bytes of the frames they keep alive.
+    pub fn history_footprint(&self) -> (usize, usize) {
+        let history = self.history.lock();
+        let bytes = history.iter().map(|s| s.frames.snapshot.len() * 3 + 96).sum();
+        (history.len(), bytes)
+    }
+
+    fn store(&self, snap: Arc<Snapshot>, limits: HistoryLimits) {
+        {
+            let mut history = self.history.lock();
+            history.push_back(Arc::clone(&snap));
+            let oldest_kept = snap.received_ns.saturating_sub(limits.max_age_ns);
+            while history.len() > limits.max_len.max(1)
+                || (history.len() > HISTORY_MIN
+                    && history.front().is_some_and(|s| s.received_ns < oldest_kept))
+            {
+                history.pop_front();
+            }
+        }
         self.latest.store(Some(snap));
     }
+}
+
+/// The position of `seq` in a history, if held.
+fn index_of(history: &VecDeque<Arc<Snapshot>>, seq: u64) -> Option<usize> {
+    let first = history.front()?.quote.seq;
+    if seq < first {
+        return None;
+    }
+    // Usually contiguous: the feed raises seq by one. Else search.
+    let guess = (seq - first) as usize;
+    if history.get(guess).is_some_and(|s| s.quote.seq == seq) {
+        return Some(guess);
+    }
+    history.binary_search_by_key(&seq, |s| s.quote.seq).ok()
 }
 
 /// The interned symbols; replaced whole (copy-on-write) if a feed introduces a new symbol.
@@ -122,6 +181,7 @@ pub fn valid_symbol_name(name: &str) -> bool {
 pub struct SnapshotStore {
     table: ArcSwap<SymbolTable>,
     shards: usize,
+    history: HistoryLimits,
     /// Wall-clock time of the last update, ns since the epoch (0: none yet).
     last_update_ns: AtomicU64,
     updates: AtomicU64,
@@ -131,13 +191,18 @@ pub struct SnapshotStore {
 
 impl SnapshotStore {
     /// A store for `symbols` (name, precision), fanned out to `shards` shards.
-    pub fn new(symbols: impl IntoIterator<Item = (String, u8)>, shards: usize) -> SnapshotStore {
+    pub fn new(
+        symbols: impl IntoIterator<Item = (String, u8)>,
+        shards: usize,
+        history: HistoryLimits,
+    ) -> SnapshotStore {
         let store = SnapshotStore {
             table: ArcSwap::from_pointee(SymbolTable {
                 entries: Vec::new(),
                 by_name: HashMap::new(),
             }),
             shards,
+            history,
             last_update_ns: AtomicU64::new(0),
             updates: AtomicU64::new(0),
             epoch: ArcSwap::from_pointee(String::new()),
@@ -154,7 +219,7 @@ impl SnapshotStore {
         self.table.load()
     }
 
-    /// The current symbol table, owned (for holding across `.await`).
+    /// The current symbol table, owned (for holding a while).
     pub fn table_full(&self) -> Arc<SymbolTable> {
         self.table.load_full()
     }
@@ -181,8 +246,8 @@ impl SnapshotStore {
                 name: name.into(),
                 precision,
                 latest: ArcSwapOption::empty(),
-                history: Default::default(),
-                shards: (0..self.shards).map(|_| ShardSubscribers::default()).collect(),
+                history: Mutex::new(VecDeque::new()),
+                shards: (0..self.shards).map(|_| ShardFlags::default()).collect(),
             }));
             by_name.insert(name.into(), id);
             Arc::new(SymbolTable { entries, by_name })
@@ -191,24 +256,35 @@ impl SnapshotStore {
     }
 
     /// Stores an update: encodes it once and makes it the symbol's latest. Returns the entry,
-    /// for the caller to fan out. A quote whose `seq` is not above the latest is dropped
-    /// (`None`): a symbol's `seq` never goes backwards.
+    /// for the caller to fan out. A quote whose `seq` is not above the latest is dropped: a
+    /// symbol's `seq` never goes backwards.
     pub fn publish(
         &self,
         id: SymbolId,
         quote: Quote,
-        now_ns: u64,
+        wall_now_ns: u64,
+        mono_now_ns: u64,
     ) -> Result<Arc<SymbolEntry>, Published> {
         let table = self.table.load();
         let entry = Arc::clone(table.entries.get(id as usize).ok_or(Published::UnknownSymbol)?);
-        if entry.latest.load().as_ref().is_some_and(|s| s.quote.seq >= quote.seq) {
+        if entry.latest_seq() >= quote.seq {
             return Err(Published::Stale);
         }
         let frames = quote.encode(&entry.name, entry.precision);
-        entry.store(Arc::new(Snapshot { quote, frames }));
-        self.last_update_ns.store(now_ns, Ordering::Relaxed);
+        entry.store(Arc::new(Snapshot { quote, frames, received_ns: mono_now_ns }), self.history);
+        self.last_update_ns.store(wall_now_ns, Ordering::Relaxed);
         self.updates.fetch_add(1, Ordering::Relaxed);
         Ok(entry)
+    }
+
+    /// Wall-clock ns of the last update, 0 if none.
+    pub fn last_update_ns(&self) -> u64 {
+        self.last_update_ns.load(Ordering::Relaxed)
+    }
+
+    /// Updates stored since start.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
     }
 
     /// The feed's epoch (contract section 3), `""` until the feed names one.
@@ -229,14 +305,9 @@ impl SnapshotStore {
         self.live.store(live, Ordering::Relaxed);
     }
 
-    /// Wall-clock ns of the last update, 0 if none.
-    pub fn last_update_ns(&self) -> u64 {
-        self.last_update_ns.load(Ordering::Relaxed)
-    }
-
-    /// Updates stored since start.
-    pub fn updates(&self) -> u64 {
-        self.updates.load(Ordering::Relaxed)
+    /// The history limits in force.
+    pub fn history_limits(&self) -> HistoryLimits {
+        self.history
     }
 }
 
@@ -245,32 +316,65 @@ mod tests {
     use super::*;
     use proto::Price;
 
+    const LIMITS: HistoryLimits = HistoryLimits { max_age_ns: 1_000, max_len: 100 };
+
     fn quote(seq: u64) -> Quote {
         Quote { seq, bid: Price(100), ask: Price(101), last: Price(100), ..Quote::default() }
     }
 
+    fn store() -> SnapshotStore {
+        SnapshotStore::new([("AAPL".to_string(), 2)], 1, LIMITS)
+    }
+
     #[test]
-    fn keeps_the_latest_and_a_ring_of_previous_updates() {
-        let store = SnapshotStore::new([("AAPL".to_string(), 2)], 1);
-        let last = 3 * HISTORY as u64;
-        for seq in 1..=last {
-            store.publish(0, quote(seq), seq).ok().unwrap();
+    fn keeps_the_latest_and_a_history_bounded_by_count() {
+        let store = store();
+        for seq in 1..=300 {
+            store.publish(0, quote(seq), seq, 0).ok().unwrap();
         }
         let entry = Arc::clone(&store.table().entries[0]);
-        assert_eq!(entry.latest().unwrap().quote.seq, last);
-        let oldest_kept = last - HISTORY as u64 + 1;
-        assert_eq!(entry.quote_at_seq(oldest_kept).unwrap().seq, oldest_kept);
-        assert!(entry.quote_at_seq(oldest_kept - 1).is_none(), "older than the ring");
-        assert!(
-            matches!(store.publish(0, quote(last), last + 1), Err(Published::Stale)),
-            "seq must rise"
-        );
-        assert_eq!(store.updates(), last);
+        assert_eq!(entry.latest_seq(), 300);
+        assert_eq!(entry.history_footprint().0, 100);
+        let mut out = Vec::new();
+        assert!(!entry.history_after(199, 300, 10, &mut out), "201 is the oldest kept");
+        assert!(entry.history_after(200, 204, 10, &mut out));
+        assert_eq!(out.iter().map(|s| s.quote.seq).collect::<Vec<_>>(), [201, 202, 203, 204]);
+        assert!(entry.holds_every_update_after(200) && entry.holds_every_update_after(300));
+        assert!(!entry.holds_every_update_after(199) && !entry.holds_every_update_after(301));
+        assert!(matches!(store.publish(0, quote(300), 0, 0), Err(Published::Stale)));
+        assert_eq!(store.updates(), 300);
+    }
+
+    #[test]
+    fn history_drops_old_updates_but_keeps_a_minimum() {
+        let store = store();
+        // One update per 100 ns: the 1,000 ns window holds 11, the minimum 32.
+        for seq in 1..=50 {
+            store.publish(0, quote(seq), 0, seq * 100).ok().unwrap();
+        }
+        let entry = Arc::clone(&store.table().entries[0]);
+        assert_eq!(entry.history_footprint().0, HISTORY_MIN);
+        assert_eq!(entry.received_ns_of(50), Some(5_000));
+        assert_eq!(entry.received_ns_of(18), None);
+    }
+
+    #[test]
+    fn a_gap_in_the_feed_is_never_replayed_across() {
+        let store = store();
+        for seq in [1, 2, 3, 7, 8] {
+            store.publish(0, quote(seq), 0, 0).ok().unwrap();
+        }
+        let entry = Arc::clone(&store.table().entries[0]);
+        assert!(entry.holds_every_update_after(6), "7 and 8 follow 6 in the feed's order");
+        assert!(!entry.holds_every_update_after(2), "4 to 6 never arrived");
+        let mut out = Vec::new();
+        assert!(entry.history_after(6, 8, 10, &mut out));
+        assert_eq!(out.len(), 2);
     }
 
     #[test]
     fn interning_is_idempotent_and_rejects_odd_names() {
-        let store = SnapshotStore::new([("AAPL".to_string(), 2)], 2);
+        let store = SnapshotStore::new([("AAPL".to_string(), 2)], 2, LIMITS);
         assert_eq!(store.intern("AAPL", 2), Some(0));
         assert_eq!(store.intern("MSFT", 2), Some(1));
         assert_eq!(store.intern("bad\"name", 2), None);

@@ -299,3 +299,106 @@ mod tests {
         }
     }
 }
+
+/// The `id` of a request, read without decoding the rest: for answering a request that is
+/// refused before it is decoded (`rate_limited`). One pass over the top-level object, no
+/// recursion, no allocation but the id itself; anything unexpected gives `None`.
+pub fn peek_id(text: &[u8]) -> Option<RequestId> {
+    let mut i = skip_ws(text, 0);
+    if text.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(text, i);
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(text, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = skip_ws(text, key_end);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(text, i + 1);
+        let value_end = value_end(text, i)?;
+        if key == b"id" {
+            let mut scratch = text[i..value_end].to_vec();
+            let value = simd_json::to_borrowed_value(&mut scratch).ok()?;
+            return decode_id(&value).ok();
+        }
+        i = skip_ws(text, value_end);
+        match text.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(text: &[u8], mut i: usize) -> usize {
+    while text.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string starting at `i` (a `"`).
+fn string_end(text: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while let Some(&b) = text.get(i) {
+        match b {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the JSON value starting at `i`, skipping nested values by counting
+/// brackets (no recursion).
+fn value_end(text: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        match *text.get(i)? {
+            b'"' => i = string_end(text, i)?,
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                if depth == 0 {
+                    return Some(i);
+                }
+                depth -= 1;
+                i += 1;
+            }
+            b',' if depth == 0 => return Some(i),
+            _ => i += 1,
+        }
+        if depth == 0 && text.get(i).is_none_or(|&b| matches!(b, b',' | b'}' | b']')) {
+            return Some(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use super::*;
+
+    #[test]
+    fn reads_only_the_id() {
+        let id = |t: &str| peek_id(t.as_bytes());
+        assert_eq!(id(r#"{"op":"ping","id":3}"#), Some(RequestId::Num(3)));
+        assert_eq!(
+            id(r#"{"symbols":[["x"],{"id":1}],"id" : "a\"b"}"#),
+            Some(RequestId::Str("a\"b".into()))
+        );
+        assert_eq!(id(r#"{"op":"ping"}"#), None);
+        assert_eq!(id(r#"{"id":-1}"#), None);
+        assert_eq!(id(r#"[{"id":1}]"#), None);
+        assert_eq!(id("not json"), None);
+        let deep = format!("{{\"x\":{}{}, \"id\":7}}", "[".repeat(30_000), "]".repeat(30_000));
+        assert_eq!(id(&deep), Some(RequestId::Num(7)));
+    }
+}

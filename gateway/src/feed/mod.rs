@@ -16,10 +16,10 @@ use std::sync::Arc;
 use proto::Quote;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::wall_ns;
+use crate::clock::{mono_ns, wall_ns};
 use crate::config::Config;
-use crate::fanout::ShardQueue;
 use crate::metrics::Metrics;
+use crate::shard::inbox::Inbox;
 use crate::store::{SnapshotStore, SymbolId};
 
 /// Why a feed stopped for good. The gateway then logs it and exits non-zero, so that a
@@ -79,19 +79,17 @@ pub enum Published {
 /// Hands updates to the store and the shards. Owned by the feed's thread.
 pub struct Publisher {
     store: Arc<SnapshotStore>,
-    shards: Vec<Arc<ShardQueue>>,
+    shards: Vec<Arc<Inbox>>,
     metrics: Arc<Metrics>,
     woken: Vec<bool>,
+    /// Symbols known when the shards were last told.
+    symbols_told: usize,
 }
 
 impl Publisher {
-    pub fn new(
-        store: Arc<SnapshotStore>,
-        shards: Vec<Arc<ShardQueue>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(store: Arc<SnapshotStore>, shards: Vec<Arc<Inbox>>, metrics: Arc<Metrics>) -> Self {
         let woken = vec![false; shards.len()];
-        Publisher { store, shards, metrics, woken }
+        Publisher { store, shards, metrics, woken, symbols_told: 0 }
     }
 
     /// The store the updates go to (for reading what is already stored).
@@ -117,7 +115,7 @@ impl Publisher {
 
     /// Stores one update and queues it for fan-out; call [`Self::flush`] after a batch.
     pub fn publish(&mut self, id: SymbolId, quote: Quote) -> Published {
-        let entry = match self.store.publish(id, quote, wall_ns()) {
+        let entry = match self.store.publish(id, quote, wall_ns(), mono_ns()) {
             Ok(entry) => entry,
             Err(why) => {
                 self.metrics.feed_update_dropped();
@@ -125,21 +123,26 @@ impl Publisher {
             }
         };
         self.metrics.feed_updates.increment(1);
-        for (shard, queue) in self.shards.iter().enumerate() {
-            let subs = &entry.shards[shard];
-            if !subs.slots.load().is_empty() {
-                queue.push(id, &subs.queued);
+        for (shard, inbox) in self.shards.iter().enumerate() {
+            let flags = &entry.shards[shard];
+            // SeqCst, paired with the shard's store of the flag before it reads the latest.
+            if flags.subscribed.load(std::sync::atomic::Ordering::SeqCst) {
+                inbox.push_update(id, &flags.queued);
                 self.woken[shard] = true;
             }
         }
         Published::Stored
     }
 
-    /// Wakes the shards that got updates since the last call.
+    /// Wakes the shards that got updates since the last call (all of them when the feed added
+    /// symbols: `["*"]` sessions take those up).
     pub fn flush(&mut self) {
-        for (queue, woken) in self.shards.iter().zip(self.woken.iter_mut()) {
-            if std::mem::take(woken) {
-                queue.wake();
+        let symbols = self.store.table().len();
+        let grew = symbols > self.symbols_told;
+        self.symbols_told = symbols;
+        for (inbox, woken) in self.shards.iter().zip(self.woken.iter_mut()) {
+            if std::mem::take(woken) || grew {
+                inbox.wake();
             }
         }
     }

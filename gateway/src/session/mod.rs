@@ -1,83 +1,47 @@
-//! One WebSocket session: a reader and a writer, run as two halves of one task.
+//! One session's state: what it subscribes to, what it owes the client, and its budgets. A
+//! session is plain data owned by its shard; the shard's event loop reads its socket, feeds the
+//! bytes to [`inbound`], answers requests with [`requests`], and writes what is due (the shard's
+//! write pass, which asks [`policy`] per subscription). One session logic, two framings:
+//! WebSocket (`/ws`) and Server-Sent Events (`/sse`) differ only in how a message is framed
+//! and in what a client can send.
 //!
-//! The reader parses requests and hands them, in order, to the writer over a small bounded
-//! channel. The writer owns everything the session sends, so the ordering guarantees of the
-//! contract (welcome first, `ack` before what it causes, snapshot before quotes, nothing after
-//! an unsubscribe's `ack`) hold by construction. When either half ends, the session ends; the
-//! cause is counted and logged once, here.
+//! Memory at rest is this struct and one small record per subscription: no task, no channel,
+//! no read or write buffer (the bytes of an incomplete frame, a partly written frame and the
+//! control messages owed are held only while they exist, and bounded).
 
-mod budget;
-pub mod io;
-mod reader;
-mod writer;
+pub mod budget;
+pub mod inbound;
+pub mod policy;
+pub mod requests;
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
 use proto::close::CloseCause;
-use proto::request::RequestId;
-use proto::server::ErrorCode;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
 
-use crate::metrics::EndReason;
-use crate::server::Gateway;
+use crate::metrics::{EndReason, MsgType};
+use crate::net::ws::FrameHeader;
+use crate::shard::registry::{List, SubKey};
 use crate::store::SymbolId;
-use io::{Progress, ProgressIo};
-
-/// Requests the reader may have handed over before it waits for the writer: enough to absorb
-/// a burst, small enough that a stuck writer stops the reader (and so the client) quickly.
-const CONTROL_QUEUE: usize = 16;
+use budget::{Strikes, TokenBucket};
 
 /// After the session decides to close, how long its close frame (and the client's reply) may
 /// take before the socket is dropped.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+pub const CLOSE_GRACE_NS: u64 = CLOSE_GRACE.as_nanos() as u64;
 
 /// The symbols a token may subscribe to; `None` on a session means every symbol.
-pub type Entitlement = HashSet<Box<str>>;
+pub type Entitlement = std::collections::HashSet<Box<str>>;
 
-/// Symbols of a request, resolved against the symbol table by the reader.
-#[derive(Debug)]
-pub enum Resolved {
-    /// `["*"]`: every symbol the session is entitled to.
-    All,
-    List {
-        known: Vec<SymbolId>,
-        unknown: Vec<String>,
-        forbidden: Vec<String>,
-    },
-}
-
-/// What the reader hands to the writer (boxed on the channel: requests are rare, and small
-/// channel items keep each idle session's channel block small).
-#[derive(Debug)]
-pub enum Control {
-    Subscribe {
-        id: Option<RequestId>,
-        symbols: Resolved,
-        snapshot: bool,
-        throttle_ms: u32,
-    },
-    Unsubscribe {
-        id: Option<RequestId>,
-        symbols: Resolved,
-    },
-    Ping {
-        id: Option<RequestId>,
-    },
-    /// An error the reader decided on (`bad_request`, `rate_limited`).
-    Error {
-        id: Option<RequestId>,
-        code: ErrorCode,
-        message: String,
-        retry_after_ms: Option<u64>,
-    },
-    /// The reader is done: the client went away, or the session must close.
-    End(Ending),
+/// How messages are framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// RFC 6455 text frames; the client sends requests.
+    WebSocket,
+    /// `event: TYPE` / `data: JSON` events; the subscription is fixed (query string).
+    Sse,
 }
 
 /// How a session ends.
@@ -97,59 +61,254 @@ impl Ending {
     }
 }
 
-/// Who the session belongs to.
-pub struct SessionParams {
-    pub gateway: Arc<Gateway>,
-    pub shard: usize,
-    pub peer: SocketAddr,
-    pub entitlement: Option<Arc<Entitlement>>,
-    /// Cancelled when the gateway stops (the shard's child of the gateway's token).
-    pub shutdown: tokio_util::sync::CancellationToken,
+/// A message owed to the client, in the order it was decided.
+#[derive(Debug)]
+pub enum Out {
+    /// Bytes written as they are: the HTTP head that opens the session.
+    Raw(Bytes),
+    /// A JSON message.
+    Text(MsgType, Bytes),
+    /// A WebSocket Ping (no payload).
+    Ping,
+    /// A WebSocket Pong answering a client's Ping.
+    Pong(Bytes),
 }
 
-/// Runs a session over an upgraded connection until it ends.
-pub async fn run<S>(
-    ws: WebSocketStream<ProgressIo<S>>,
-    progress: Arc<Progress>,
-    params: SessionParams,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let gw = Arc::clone(&params.gateway);
-    let session_id = gw.next_session_id();
-    gw.metrics.sessions_opened.increment(1);
-    tracing::debug!(session = %session_id, peer = %params.peer, shard = params.shard, "session opened");
-
-    let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let ending = {
-        let reader = reader::run(&mut stream, tx, &params, Arc::clone(&progress));
-        let writer = writer::Writer::new(sink, rx, &params, progress, session_id.clone()).run();
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            ending = &mut writer => ending,
-            () = &mut reader => writer.await,
+impl Out {
+    pub fn len(&self) -> usize {
+        match self {
+            Out::Raw(b) | Out::Text(_, b) | Out::Pong(b) => b.len(),
+            Out::Ping => 0,
         }
-    };
-    // Read on until the client's close reply (or briefly): closing a socket with unread data
-    // makes the kernel send a reset, which can destroy our close frame before it is read.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(message)) = stream.next().await {
-            if message.is_close() {
-                break;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The rest of a frame the kernel took in part: what is left is sent before anything else.
+#[derive(Debug)]
+pub struct PartialFrame {
+    pub head: Head,
+    pub payload: Bytes,
+    pub tail: &'static [u8],
+    /// Bytes of `head + payload + tail` already written.
+    pub written: usize,
+}
+
+/// What precedes a payload on the wire.
+#[derive(Clone, Copy)]
+pub enum Head {
+    Ws(FrameHeader),
+    Sse(&'static [u8]),
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Head").field(&self.as_bytes()).finish()
+    }
+}
+
+impl Head {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Head::Ws(h) => h.as_bytes(),
+            Head::Sse(s) => s,
+        }
+    }
+}
+
+/// A close in progress.
+#[derive(Debug, Clone, Copy)]
+pub struct Closing {
+    /// Why, for the metrics and the log.
+    pub ending: Ending,
+    /// The close frame to send, if any (none on SSE, none once the socket is gone).
+    pub frame: Option<CloseCause>,
+    pub frame_sent: bool,
+    /// After our close frame, read on until the client's reply or EOF: closing a socket with
+    /// unread data makes the kernel send a reset, which can destroy the close frame unread.
+    pub wait_for_client: bool,
+    /// Drop the socket at this time, whatever the client does.
+    pub deadline_ns: u64,
+}
+
+/// What `["*"]` subscribed with: symbols that appear later are added with these options.
+#[derive(Debug, Clone, Copy)]
+pub struct AllSymbols {
+    pub snapshot: bool,
+    pub throttle_ms: u32,
+}
+
+/// Request budgets.
+#[derive(Debug)]
+pub struct Budgets {
+    pub rate: TokenBucket,
+    /// Requests refused for rate: enough of them closes the session (1008).
+    pub rate_strikes: Strikes,
+    /// Bad and unknown-symbol requests: enough of them closes the session (1008).
+    pub bad_strikes: Strikes,
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub framing: Framing,
+    pub peer: SocketAddr,
+    pub entitlement: Option<Arc<Entitlement>>,
+    /// Subscriptions, sorted by symbol.
+    pub subs: Vec<(SymbolId, SubKey)>,
+    pub all: Option<AllSymbols>,
+    /// Subscriptions with something to send, oldest first.
+    pub ready: List,
+    /// Throttled subscriptions waiting for their next send time.
+    pub deferred: List,
+    /// Earliest `next_send_ns` on `deferred` (u64::MAX: none).
+    pub next_deferred_ns: u64,
+    /// On the shard's list of sessions to write.
+    pub queued: bool,
+    pub outbox: VecDeque<Out>,
+    pub outbox_bytes: usize,
+    pub partial: Option<Box<PartialFrame>>,
+    /// An incomplete client frame (or unread frames while reading is paused).
+    pub inbuf: Vec<u8>,
+    /// A fragmented client message being assembled, and its opcode.
+    pub message: Vec<u8>,
+    pub message_opcode: Option<u8>,
+    pub budgets: Budgets,
+    /// Requests are not read while the outbox is over its bound.
+    pub read_paused: bool,
+    /// Monotonic ns: last frame from the client, last message to it, next Ping.
+    pub last_read_ns: u64,
+    pub last_message_ns: u64,
+    pub next_ping_ns: u64,
+    /// A Ping or a heartbeat is in the outbox (never more than one of each).
+    pub ping_pending: bool,
+    pub heartbeat_pending: bool,
+    /// The socket refused data since the session last caught up.
+    pub behind: bool,
+    /// Monotonic ns of the last progress while blocked (0: not blocked).
+    pub blocked_since_ns: u64,
+    /// The socket would block: wait for it to become writable.
+    pub blocked: bool,
+    pub closing: Option<Closing>,
+}
+
+impl Session {
+    pub fn new(
+        id: u64,
+        framing: Framing,
+        peer: SocketAddr,
+        entitlement: Option<Arc<Entitlement>>,
+        budgets: Budgets,
+        now_ns: u64,
+        ping_interval_ns: u64,
+    ) -> Session {
+        Session {
+            id,
+            framing,
+            peer,
+            entitlement,
+            subs: Vec::new(),
+            all: None,
+            ready: List::default(),
+            deferred: List::default(),
+            next_deferred_ns: u64::MAX,
+            queued: false,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            partial: None,
+            inbuf: Vec::new(),
+            message: Vec::new(),
+            message_opcode: None,
+            budgets,
+            read_paused: false,
+            last_read_ns: now_ns,
+            last_message_ns: now_ns,
+            next_ping_ns: now_ns + ping_interval_ns,
+            ping_pending: false,
+            heartbeat_pending: false,
+            behind: false,
+            blocked_since_ns: 0,
+            blocked: false,
+            closing: None,
+        }
+    }
+
+    /// The session's id as `welcome` and the logs show it.
+    pub fn id_hex(&self) -> String {
+        format!("{:x}", self.id)
+    }
+
+    /// Owes the client `out`.
+    pub fn push(&mut self, out: Out) {
+        self.outbox_bytes += out.len();
+        self.outbox.push_back(out);
+    }
+
+    /// Owes the client a JSON message.
+    pub fn push_text(&mut self, kind: MsgType, json: Vec<u8>) {
+        self.push(Out::Text(kind, Bytes::from(json)));
+    }
+
+    /// The subscription of `symbol`, if any.
+    pub fn sub_of(&self, symbol: SymbolId) -> Option<SubKey> {
+        self.subs.binary_search_by_key(&symbol, |&(s, _)| s).ok().map(|i| self.subs[i].1)
+    }
+
+    /// Whether anything is owed now (not counting throttled subscriptions).
+    pub fn has_output(&self) -> bool {
+        self.partial.is_some()
+            || !self.outbox.is_empty()
+            || !self.ready.is_empty()
+            || self.closing.is_some_and(|c| !c.frame_sent)
+    }
+
+    /// Starts closing the session (the first ending decided wins). `echo`: the client closed,
+    /// and this is the code of our reply.
+    pub fn close(&mut self, ending: Ending, now_ns: u64) {
+        if self.closing.is_some() {
+            return;
+        }
+        let ws = self.framing == Framing::WebSocket;
+        let frame = match ending {
+            Ending::Close(cause, _) if ws => Some(cause),
+            _ => None,
+        };
+        self.closing = Some(Closing {
+            ending,
+            frame,
+            frame_sent: frame.is_none(),
+            wait_for_client: matches!(ending, Ending::Close(..)) && ws,
+            deadline_ns: now_ns + CLOSE_GRACE_NS,
+        });
+    }
+
+    /// The client sent its close frame: reply with `code` (or 1000) and end.
+    pub fn client_closed(&mut self, code: Option<u16>, now_ns: u64) {
+        match &mut self.closing {
+            Some(closing) => closing.wait_for_client = false,
+            None => {
+                let cause = CloseCause { code: code.unwrap_or(1000), reason: "" };
+                self.closing = Some(Closing {
+                    ending: Ending::Gone(EndReason::Client),
+                    frame: Some(cause),
+                    frame_sent: false,
+                    wait_for_client: false,
+                    deadline_ns: now_ns + CLOSE_GRACE_NS,
+                });
             }
         }
-    })
-    .await;
-    let reason = ending.reason();
-    gw.metrics.session_closed(reason);
-    match ending {
-        Ending::Close(cause, _) if cause.code != 1000 && cause.code != 1001 => tracing::info!(
-            session = %session_id, peer = %params.peer, code = cause.code, reason = cause.reason,
-            "session closed by the gateway"
-        ),
-        _ => {
-            tracing::debug!(session = %session_id, peer = %params.peer, reason = reason.as_str(), "session closed")
-        }
+    }
+
+    /// Whether the session is finished and its socket can go.
+    pub fn is_done(&self, now_ns: u64) -> bool {
+        self.closing.is_some_and(|c| {
+            now_ns >= c.deadline_ns
+                || (c.frame_sent && self.partial.is_none() && !c.wait_for_client)
+                || (c.frame.is_none() && matches!(c.ending, Ending::Gone(_)))
+        })
     }
 }

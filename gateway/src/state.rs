@@ -1,0 +1,150 @@
+//! What every part of one gateway shares: the configuration, the store, the metrics, access
+//! control, and the few counters that limits are checked against. Read by every shard; written
+//! only on connection and subscription changes, never per delivery.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::access::Access;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::SnapshotStore;
+
+/// The shared state of one gateway.
+pub struct Gateway {
+    pub config: Config,
+    pub server_name: String,
+    pub store: Arc<SnapshotStore>,
+    pub metrics: Arc<Metrics>,
+    pub access: Access,
+    pub started_wall_ns: u64,
+    pub sessions_active: AtomicU64,
+    pub sse_sessions_active: AtomicU64,
+    pub subscriptions_active: AtomicU64,
+    /// Connections that have not finished their HTTP request or upgrade.
+    pub pending_connections: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    session_counter: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Config,
+        store: Arc<SnapshotStore>,
+        metrics: Arc<Metrics>,
+        access: Access,
+        started_wall_ns: u64,
+    ) -> Gateway {
+        Gateway {
+            server_name: config.server_name(),
+            config,
+            store,
+            metrics,
+            access,
+            started_wall_ns,
+            sessions_active: AtomicU64::new(0),
+            sse_sessions_active: AtomicU64::new(0),
+            subscriptions_active: AtomicU64::new(0),
+            pending_connections: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            session_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// A short unique session id: a per-process random base plus a counter.
+    pub fn next_session_id(&self) -> u64 {
+        let n = self.session_counter.fetch_add(1, Ordering::Relaxed);
+        (self.started_wall_ns >> 10).wrapping_mul(0x9e37_79b9).wrapping_add(n) & 0xffff_ffff_ffff
+    }
+}
+
+/// The key a client address is counted under for the per-address cap: an IPv4 address, or
+/// the /64 network of an IPv6 one (one host usually holds a whole /64, so counting single
+/// IPv6 addresses would cap nothing).
+pub fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A reserved session place: counted against the connection limits until dropped.
+pub struct SessionPermit {
+    gateway: Arc<Gateway>,
+    ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for SessionPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPermit").field("ip", &self.ip).finish()
+    }
+}
+
+impl SessionPermit {
+    /// Reserves a place, or says which limit is reached.
+    pub fn acquire(gw: &Arc<Gateway>, ip: IpAddr) -> Result<SessionPermit, &'static str> {
+        let max = u64::from(gw.config.max_connections);
+        if gw
+            .sessions_active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
+            return Err("connection limit reached");
+        }
+        let mut permit = SessionPermit { gateway: Arc::clone(gw), ip: None };
+        let per_ip_max = gw.config.max_connections_per_ip;
+        if per_ip_max > 0 {
+            let key = per_ip_key(ip);
+            let mut counts = gw.per_ip.lock();
+            let count = counts.entry(key).or_insert(0);
+            if *count >= per_ip_max {
+                return Err("connection limit per client address reached");
+            }
+            *count += 1;
+            permit.ip = Some(key);
+        }
+        Ok(permit)
+    }
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        self.gateway.sessions_active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut counts = self.gateway.per_ip.lock();
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(per_ip_key(a), per_ip_key(b));
+        assert_ne!(per_ip_key(a), per_ip_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(per_ip_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}
