@@ -194,6 +194,9 @@ pub fn write_session(
                 return;
             }
         };
+        if !plan.taken.is_empty() {
+            core.gw.metrics.note_pending(plan.taken.len() as u64);
+        }
         commit(core, plan, s, written, now, wall_now);
         requeue_taken(core, plan, s);
         if written < offered {
