@@ -12,6 +12,12 @@ use simd_json::{BorrowedValue as Value, StaticNode};
 
 use crate::{MAX_ID_LEN, MAX_THROTTLE_MS};
 
+/// Deepest nesting of arrays and objects a request may have. The contract's deepest request is
+/// a subscribe with `resume: {"epoch", "seq": {SYM: n}}`, depth 3; 8 leaves room for fields a
+/// newer client may add (unknown fields are ignored) while keeping every walk of a request
+/// shallow. Checked by a linear scan of the bytes before `simd-json` builds anything.
+pub const MAX_REQUEST_DEPTH: usize = 8;
+
 /// The optional `id` a request carries, echoed in its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestId {
@@ -66,9 +72,16 @@ impl DecodeError {
 impl Request {
     /// Decodes one text frame. `scratch` is reused between calls: `simd-json` parses in place.
     pub fn decode(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, DecodeError> {
+        // Building and dropping a `simd-json` value recurses once per nesting level: a frame of
+        // 32,768 `[` then as many `]` overflowed the stack and aborted the process. Refuse deep
+        // nesting before anything recurses; simd-json's own depth limit is the second line.
+        if nests_deeper_than(text, MAX_REQUEST_DEPTH) {
+            return Err(DecodeError::new(None, TOO_DEEP));
+        }
         scratch.clear();
         scratch.extend_from_slice(text);
-        let value = simd_json::to_borrowed_value(scratch)
+        let mut buffers = simd_json::Buffers::with_max_depth(text.len(), MAX_REQUEST_DEPTH);
+        let value = simd_json::to_borrowed_value_with_buffers(scratch, &mut buffers)
             .map_err(|_| DecodeError::new(None, "request is not valid JSON"))?;
         let Value::Object(fields) = &value else {
             return Err(DecodeError::new(None, "request must be a JSON object"));
@@ -118,6 +131,41 @@ impl Request {
         };
         Ok(Request { id, op })
     }
+}
+
+/// The answer to a frame nested deeper than [`MAX_REQUEST_DEPTH`].
+const TOO_DEEP: &str = "request nests arrays or objects more than 8 levels deep";
+
+/// Whether `text` opens more than `max` arrays or objects at once, counting only brackets
+/// outside JSON strings (a `\"` inside a string does not end it). One pass, no allocation; for
+/// a frame that is not JSON the answer is still well defined, and either answer is a
+/// `bad_request`.
+fn nests_deeper_than(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -289,6 +337,29 @@ mod tests {
         // The limit counts characters, not bytes.
         let wide_id = format!(r#"{{"op":"ping","id":"{}"}}"#, "é".repeat(64));
         assert_eq!(decode(&wide_id).unwrap().id, Some(RequestId::Str("é".repeat(64))));
+    }
+
+    #[test]
+    fn a_frame_of_32768_nested_arrays_is_a_bad_request_not_a_stack_overflow() {
+        let frame = format!("{}{}", "[".repeat(32_768), "]".repeat(32_768));
+        assert_eq!(frame.len(), 65_536);
+        let err = decode(&frame).expect_err("too deep");
+        assert_eq!((err.id, err.message.as_ref()), (None, TOO_DEEP));
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(13_000), "}".repeat(13_000));
+        assert_eq!(decode(&objects).expect_err("too deep").message, TOO_DEEP);
+        // Exactly the limit is fine; brackets inside strings do not count.
+        let at_limit = format!(
+            r#"{{"op":"ping","x":{}1{},"y":"[[[[[[[[[[\"[[[["}}"#,
+            "[".repeat(MAX_REQUEST_DEPTH - 1),
+            "]".repeat(MAX_REQUEST_DEPTH - 1)
+        );
+        assert_eq!(decode(&at_limit).map(|r| r.op), Ok(Op::Ping));
+        let over = format!(
+            r#"{{"op":"ping","x":{}1{}}}"#,
+            "[".repeat(MAX_REQUEST_DEPTH),
+            "]".repeat(MAX_REQUEST_DEPTH)
+        );
+        assert_eq!(decode(&over).expect_err("too deep").message, TOO_DEEP);
     }
 
     proptest! {
