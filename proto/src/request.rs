@@ -31,10 +31,12 @@ use crate::{MAX_ID_LEN, MAX_THROTTLE_MS};
 pub const MAX_REQUEST_DEPTH: usize = 8;
 
 /// Frames up to this size leave their parse buffers in place for the next request. A larger
-/// frame gives them back when it is decoded: parsing holds about 20 times the frame's size
-/// (the copy, simd-json's buffers, the tape), and one large request must not make a session
-/// hold that for the rest of its life. Every request of a correct client fits easily.
-pub const SCRATCH_RETAIN_BYTES: usize = 4096;
+/// frame gives them back when it is decoded: parsing holds up to 35 bytes per byte of frame
+/// (the copy, simd-json's input copy, string buffer and structural indexes, and a 24-byte tape
+/// node per structural character; measured in `tests/decode_memory.rs`), and one large request
+/// must not make a session hold that for the rest of its life. 512 bytes holds a ping or a
+/// subscribe of some 30 symbols, and bounds what a session keeps to about 18 KiB.
+pub const SCRATCH_RETAIN_BYTES: usize = 512;
 
 /// The optional `id` a request carries, echoed in its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +165,7 @@ impl DecodeScratch {
 
 /// The answer to a frame nested deeper than [`MAX_REQUEST_DEPTH`].
 const TOO_DEEP: &str = "request nests arrays or objects more than 8 levels deep";
+const _: () = assert!(MAX_REQUEST_DEPTH == 8, "TOO_DEEP names the depth limit");
 const NOT_JSON: &str = "request is not valid JSON";
 const SYMBOLS_TYPE: &str = "field symbols must be an array of strings";
 const EMPTY_NAME: &str = "a symbol name must not be empty";
@@ -868,7 +871,8 @@ mod tests {
     }
 
     proptest! {
-        /// Arbitrary bytes never panic the decoder.
+        /// Arbitrary bytes never panic the decoder (for frames up to `max_message_bytes`, and
+        /// the exact answers, see `tests/request_props.rs`).
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Request::decode(&bytes, &mut DecodeScratch::new(), LIMITS);
