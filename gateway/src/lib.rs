@@ -18,6 +18,7 @@
 //! - [`session`]: one task per session, a reader and the writer that owns the session's order.
 //! - [`http`]: the HTTP endpoints and the WebSocket upgrade, on the same port.
 //! - [`server`]: shards, the accept loop, shutdown; [`run`] is the whole gateway.
+//! - [`net`]: pure parsers of client bytes for the HTTP layer (query strings, symbol lists).
 //! - [`config`], [`metrics`], [`clock`]: settings, the Prometheus metrics, time.
 
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod fanout;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod session;
 pub mod store;

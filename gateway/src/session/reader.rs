@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use proto::close;
-use proto::request::{Op, Request, Symbols};
+use proto::request::{DecodeErrorKind, DecodeLimits, DecodeScratch, Op, Request, Symbols};
 use proto::server::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{error::CapacityError, Error as WsError, Message};
@@ -46,7 +46,8 @@ pub async fn run<S>(
     // Bad requests: `error_budget` per minute.
     let mut bad_strikes =
         Strikes::new(config.error_budget, f64::from(config.error_budget) / 60.0, now);
-    let mut scratch = Vec::new();
+    let mut scratch = DecodeScratch::new();
+    let limits = DecodeLimits { max_symbols: config.max_subscriptions as usize };
 
     let ending = loop {
         let message = match stream.next().await {
@@ -82,13 +83,12 @@ pub async fn run<S>(
         };
 
         let decoded = if matches!(message, Message::Binary(_)) {
-            Err(proto::DecodeError {
-                id: None,
-                message: "binary frames are not supported: send each request as a JSON text frame"
-                    .into(),
-            })
+            Err(proto::DecodeError::bad_request(
+                None,
+                "binary frames are not supported: send each request as a JSON text frame",
+            ))
         } else {
-            Request::decode(text, &mut scratch)
+            Request::decode(text, &mut scratch, limits)
         };
         gw.metrics.request(decoded.as_ref().map_or(OpLabel::Invalid, |r| OpLabel::of(&r.op)));
         let control = match (rate.take(now), decoded) {
@@ -106,13 +106,18 @@ pub async fn run<S>(
                     retry_after_ms: Some(retry_after_ms),
                 }
             }
+            (Ok(()), Err(e)) if e.kind == DecodeErrorKind::TooManySymbols => {
+                // Rejected whole before any name is resolved; not a malformed request, so it
+                // does not spend the error budget (the rate limit bounds it).
+                decode_error(e)
+            }
             (Ok(()), Err(e)) => {
                 if bad_strikes.strike(now) {
                     // Answer this one too, so the client sees why it is being closed.
-                    let _ = tx.send(Box::new(bad_request(e))).await;
+                    let _ = tx.send(Box::new(decode_error(e))).await;
                     break Ending::Close(close::POLICY_ERRORS, EndReason::Policy);
                 }
-                bad_request(e)
+                decode_error(e)
             }
             (Ok(()), Ok(request)) => resolve(request, &gw.store, params),
         };
@@ -123,10 +128,11 @@ pub async fn run<S>(
     let _ = tx.send(Box::new(Control::End(ending))).await;
 }
 
-fn bad_request(e: proto::DecodeError) -> Control {
+/// `bad_request`, or `too_many_subscriptions` for a request naming too many symbols.
+fn decode_error(e: proto::DecodeError) -> Control {
     Control::Error {
         id: e.id,
-        code: ErrorCode::BadRequest,
+        code: e.kind.code(),
         message: e.message.into_owned(),
         retry_after_ms: None,
     }
@@ -155,7 +161,9 @@ fn resolve(request: Request, store: &SnapshotStore, params: &SessionParams) -> C
         }
     };
     match request.op {
-        Op::Subscribe { symbols, snapshot, throttle_ms } => Control::Subscribe {
+        // `resume` is decoded and validated, but only the new session core replays from it;
+        // this core serves the subscribe as if it were absent.
+        Op::Subscribe { symbols, snapshot, throttle_ms, resume: _ } => Control::Subscribe {
             id: request.id,
             symbols: resolve_symbols(symbols),
             snapshot,
