@@ -18,14 +18,18 @@
 //! - [`session`]: one task per session, a reader and the writer that owns the session's order.
 //! - [`http`]: the HTTP endpoints and the WebSocket upgrade, on the same port.
 //! - [`server`]: shards, the accept loop, shutdown; [`run`] is the whole gateway.
+//! - [`access`]: who a request is and which symbols it may see (tokens, JWT, entitlements).
+//! - [`net`]: below HTTP: the TLS configuration and the PROXY protocol header.
 //! - [`config`], [`metrics`], [`clock`]: settings, the Prometheus metrics, time.
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod fanout;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod session;
 pub mod store;
