@@ -362,4 +362,23 @@ pub(crate) mod tests {
         )
         .is_err());
     }
+
+    #[test]
+    fn the_make_run_tls_certificate_loads_and_verifies() {
+        let dir = TempDir::new("tls-dev-cert");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-cert.sh");
+        let status = std::process::Command::new(script)
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("scripts/dev-cert.sh runs (openssl on PATH: scripts/setup.sh installs it)");
+        assert!(status.success());
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let holder = TlsConfigHolder::load(&cert_path, &key_path).unwrap();
+        let der = CertificateDer::from_pem_file(&cert_path).unwrap();
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            let client = client_config(&der, &[&rustls::version::TLS13]);
+            assert!(handshake(holder.current(), client, name).is_ok(), "{name}");
+        }
+    }
 }
