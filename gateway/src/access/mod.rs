@@ -219,9 +219,16 @@ impl AccessConfig {
             from_file.merge(from_list).map_err(|e| AccessConfigError::Merged(Box::new(e)))?;
         let jwt = match &sources.jwt_key {
             None => None,
-            Some(path) => Some(JwtVerifier::from_key_file(path).map_err(|source| {
-                AccessConfigError::JwtKey { path: path.display().to_string(), source }
-            })?),
+            Some(path) => {
+                let verifier = JwtVerifier::from_key_file(path).map_err(|source| {
+                    AccessConfigError::JwtKey { path: path.display().to_string(), source }
+                })?;
+                // A public key may be read by anyone; a shared secret may not.
+                if verifier.algorithm() == JwtAlgorithm::Hs256 {
+                    warnings.extend(readable_by_others("--jwt-key", path));
+                }
+                Some(verifier)
+            }
         };
         let mut config = AccessConfig::new(tokens, jwt);
         config.warnings = warnings;
@@ -625,6 +632,24 @@ symbols = ["FX:*"]
         );
         std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(AccessConfig::load(&sources).unwrap().warnings().is_empty());
+        let secret = dir.path().join("jwt.secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let with_secret = AccessSources { jwt_key: Some(secret.clone()), ..sources.clone() };
+        assert_eq!(
+            AccessConfig::load(&with_secret).unwrap().warnings(),
+            [format!(
+                "--jwt-key {}: readable by other users (mode 640): chmod 600 it",
+                secret.display()
+            )]
+        );
+        // A public key is public: no warning.
+        let public = dir.path().join("jwt.pem");
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let with_public = AccessSources { jwt_key: Some(public), ..sources.clone() };
+        assert!(AccessConfig::load(&with_public).unwrap().warnings().is_empty());
     }
 
     #[test]

@@ -113,6 +113,12 @@ pub struct TlsConfigHolder {
     current: ArcSwap<ServerConfig>,
 }
 
+/// A warning when the private key may be read by other users of the machine (log it at warn,
+/// at start and after each reload).
+pub fn key_file_warning(key: &Path) -> Option<String> {
+    crate::access::readable_by_others("--tls-key", key)
+}
+
 impl TlsConfigHolder {
     /// Loads the files once; at start an error is exit 64.
     pub fn load(cert: &Path, key: &Path) -> Result<TlsConfigHolder, TlsConfigError> {
@@ -142,6 +148,11 @@ impl TlsConfigHolder {
     }
     pub fn key_path(&self) -> &Path {
         &self.key
+    }
+
+    /// What the operator should fix that does not stop TLS (a key readable by others).
+    pub fn warnings(&self) -> Vec<String> {
+        key_file_warning(&self.key).into_iter().collect()
     }
 }
 
@@ -375,6 +386,7 @@ pub(crate) mod tests {
         assert!(status.success());
         let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let holder = TlsConfigHolder::load(&cert_path, &key_path).unwrap();
+        assert!(holder.warnings().is_empty(), "dev-cert.sh writes the key with mode 600");
         let der = CertificateDer::from_pem_file(&cert_path).unwrap();
         for name in ["localhost", "127.0.0.1", "::1"] {
             let client = client_config(&der, &[&rustls::version::TLS13]);
