@@ -18,9 +18,11 @@
 //! - [`session`]: one task per session, a reader and the writer that owns the session's order.
 //! - [`http`]: the HTTP endpoints and the WebSocket upgrade, on the same port.
 //! - [`server`]: shards, the accept loop, shutdown; [`run`] is the whole gateway.
-//! - [`net`]: pure parsers of client bytes for the HTTP layer (query strings, symbol lists).
+//! - [`access`]: who a request is and which symbols it may see (tokens, JWT, entitlements).
+//! - [`net`]: client bytes below the endpoints: query strings, TLS configuration, PROXY protocol.
 //! - [`config`], [`metrics`], [`clock`]: settings, the Prometheus metrics, time.
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod fanout;

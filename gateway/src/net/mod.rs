@@ -1,4 +1,6 @@
-//! The network layer of the new session core: parsing of what arrives on a socket, kept pure
-//! so that it can be tested without one. Nothing here does I/O.
+//! Client bytes below the endpoints: query strings, the TLS configuration, the PROXY protocol
+//! header. Pure parsers and builders: nothing here does I/O.
 
+pub mod proxy_protocol;
 pub mod query;
+pub mod tls;
