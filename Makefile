@@ -4,12 +4,21 @@ CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
 
-.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+TLS_DIR    := .run/tls
+
+.PHONY: run run-tls test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
 	$(CARGO) build --release -p gateway
 	$(TARGET_DIR)/release/gateway
+
+## run-tls: the same over TLS (https://, wss://) with a self-signed certificate in .run/tls/
+run-tls:
+	$(CARGO) build --release -p gateway
+	scripts/dev-cert.sh $(TLS_DIR)
+	@echo "run-tls: trust it with: curl --cacert $(TLS_DIR)/cert.pem https://127.0.0.1:8080/healthz"
+	$(TARGET_DIR)/release/gateway --tls-cert $(TLS_DIR)/cert.pem --tls-key $(TLS_DIR)/key.pem
 
 ## test: install what the tests need, lint, then every test suite
 test: setup lint test-rust test-examples test-browser test-prometheus

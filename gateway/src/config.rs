@@ -2,6 +2,7 @@
 //! constant here, with the reason for its value. `gateway --help` shows them all.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
@@ -75,6 +76,11 @@ pub const DEFAULT_SIM_RATE: u32 = feed_sim::DEFAULT_RATE;
 pub const DEFAULT_SIM_SYMBOLS: usize = feed_sim::DEFAULT_SYMBOLS;
 /// Simulator seed.
 pub const DEFAULT_SIM_SEED: u64 = feed_sim::DEFAULT_SEED;
+/// Off by default: with it on, every connection must open with a PROXY v2 header, which only a
+/// balancer sends; a client connecting directly would be refused.
+pub const DEFAULT_PROXY_PROTOCOL: bool = false;
+/// Authentication-failure log lines per second (see `access::audit`).
+pub const DEFAULT_AUTH_LOG_PER_SEC: u32 = crate::access::audit::DEFAULT_AUTH_LOG_PER_SEC;
 
 /// Real-time market data push gateway: quotes over WebSocket, with snapshots, conflation,
 /// heartbeats and hard limits. Every flag can also be set by the environment variable shown.
@@ -193,10 +199,44 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Access tokens, comma-separated (empty: no authentication); a session without a valid one
-    /// gets 401. `TOKEN` is entitled to every symbol, `TOKEN=SYM1+SYM2` only to those listed.
+    /// Access tokens for quick local use, comma-separated: `TOKEN` (every symbol) or
+    /// `TOKEN=SYM1+SYM2`. Visible in `ps` and never reloaded: use --tokens-file beyond a laptop
     #[arg(long, env = "GATEWAY_ACCESS_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub access_tokens: Vec<String>,
+
+    /// Token file (TOML, see docs/operations.md): named tokens or their SHA-256, symbol patterns
+    /// and limits per token; re-read on SIGHUP
+    #[arg(long, env = "GATEWAY_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// JWT verification key: an HS256 secret, or an RS256/ES256 public key in PEM; claims `sub`,
+    /// `exp`, `symbols`; re-read on SIGHUP
+    #[arg(long, env = "GATEWAY_JWT_KEY", value_name = "FILE")]
+    pub jwt_key: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM, leaf first); with --tls-key the port speaks only https/wss;
+    /// re-read on SIGHUP
+    #[arg(long, env = "GATEWAY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, RSA or EC) of --tls-cert; re-read on SIGHUP
+    #[arg(long, env = "GATEWAY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A second address serving only /metrics, /healthz and /readyz, so metrics need not face
+    /// clients (default: none; they are on --listen)
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Expect a PROXY protocol v2 header (HAProxy `send-proxy-v2`) on every connection and use
+    /// its client address; only a balancer may then reach the port
+    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL", default_value_t = DEFAULT_PROXY_PROTOCOL)]
+    pub proxy_protocol: bool,
+
+    /// Authentication failures logged per second at most (the rest are counted in metrics, and
+    /// the next line says how many were left out); 0 logs none
+    #[arg(long, env = "GATEWAY_AUTH_LOG_PER_SEC", default_value_t = DEFAULT_AUTH_LOG_PER_SEC)]
+    pub auth_log_per_sec: u32,
 
     /// A fault injected by tests: a session that subscribes to this name panics while its
     /// request is handled. Not settable from the command line or the environment.
@@ -231,9 +271,40 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
-    /// Checks what the flags' own parsers cannot (the feed is checked by
-    /// [`crate::feed::from_config`]).
+    /// Checks what the flags' own parsers cannot: that the TLS files come in pairs, that every named file can be read, and that the metrics
+    /// address is not the session address. The contents of the files are checked when they are
+    /// loaded (`access::AccessConfig::load`, `net::tls::TlsConfigHolder::load`).
     pub fn validate(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(
+                    "--tls-cert needs --tls-key: give the private key of the certificate".into()
+                )
+            }
+            (None, Some(_)) => {
+                return Err("--tls-key needs --tls-cert: give the certificate of the key".into())
+            }
+            _ => {}
+        }
+        let files = [
+            ("--tokens-file", &self.tokens_file),
+            ("--jwt-key", &self.jwt_key),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+        ];
+        for (flag, path) in files {
+            if let Some(path) = path {
+                readable_file(flag, path)?;
+            }
+        }
+        if let Some(metrics) = self.metrics_listen {
+            if metrics == self.listen && metrics.port() != 0 {
+                return Err(format!(
+                    "--metrics-listen {metrics}: the same address as --listen; choose another \
+                     port, or leave --metrics-listen out to serve /metrics on --listen"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -255,5 +326,94 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "gateway".to_string())
         })
+    }
+}
+
+/// A file the gateway will read: it must exist, be a regular file, and open for reading.
+fn readable_file(flag: &str, path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) => return Err(format!("{flag} {shown}: {e}")),
+        Ok(meta) if !meta.is_file() => return Err(format!("{flag} {shown}: not a regular file")),
+        Ok(_) => {}
+    }
+    std::fs::File::open(path).map(drop).map_err(|e| format!("{flag} {shown}: cannot read it: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(["gateway"].iter().chain(args))
+    }
+
+    #[test]
+    fn security_flags_default_to_off() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.tokens_file, None);
+        assert_eq!(config.jwt_key, None);
+        assert_eq!((config.tls_cert.clone(), config.tls_key.clone()), (None, None));
+        assert_eq!(config.metrics_listen, None);
+        assert!(!config.proxy_protocol);
+        assert_eq!(config.auth_log_per_sec, 10);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let err = parse(&["--tls-cert", "cert.pem"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--tls-key"), "{err}");
+        let mut config = parse(&[]).unwrap();
+        config.tls_key = Some("key.pem".into());
+        assert_eq!(
+            config.validate(),
+            Err("--tls-key needs --tls-cert: give the certificate of the key".into())
+        );
+    }
+
+    #[test]
+    fn named_files_must_be_readable_files() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens.toml");
+        std::fs::write(&file, "").unwrap();
+        let ok = parse(&["--tokens-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(ok.validate(), Ok(()));
+        let missing = dir.join("missing.toml");
+        let config = parse(&["--jwt-key", missing.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            config.validate(),
+            Err(format!("--jwt-key {}: No such file or directory (os error 2)", missing.display()))
+        );
+        let config = parse(&["--tokens-file", dir.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            config.validate(),
+            Err(format!("--tokens-file {}: not a regular file", dir.display()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metrics_address_must_differ_from_the_session_address() {
+        let config =
+            parse(&["--listen", "127.0.0.1:8080", "--metrics-listen", "127.0.0.1:8080"]).unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .starts_with("--metrics-listen 127.0.0.1:8080: the same address"));
+        let config =
+            parse(&["--listen", "127.0.0.1:8080", "--metrics-listen", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        let config =
+            parse(&["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(config.validate(), Ok(()), "two ephemeral ports never collide");
+    }
+
+    #[test]
+    fn proxy_protocol_is_a_switch() {
+        assert!(parse(&["--proxy-protocol"]).unwrap().proxy_protocol);
+        assert!(!parse(&[]).unwrap().proxy_protocol);
     }
 }

@@ -16,11 +16,13 @@
 //! - [`store`]: every symbol's latest quote (encoded once) and its recent history.
 //! - [`shard`]: one thread and event loop per core: connections, fan-out, timers, writes.
 //! - [`session`]: one session's state, its requests, and the pure delivery [`session::policy`].
-//! - [`net`]: bytes on the wire: HTTP/1.1 heads, WebSocket framing, the socket.
+//! - [`net`]: bytes on the wire: HTTP/1.1 heads, query strings, WebSocket framing, TLS, the
+//!   PROXY protocol header, the socket.
 //! - [`routes`]: what each HTTP endpoint answers, and the checks before a session opens.
 //! - [`server`]: shards, the feed thread, the accept loop, shutdown; [`run`] is the gateway.
-//! - [`state`], [`access`], [`config`], [`metrics`], [`clock`]: shared state, access
-//!   control, settings, the Prometheus metrics, time.
+//! - [`access`]: who a request is and which symbols it may see (tokens, JWT, entitlements).
+//! - [`state`], [`config`], [`metrics`], [`clock`]: shared state,
+//!   settings, the Prometheus metrics, time.
 //!
 //! Layers (imports point one way): config, clock, metrics -> store -> feed -> session ->
 //! shard -> routes, net -> server.

@@ -25,6 +25,11 @@ fn main() -> ExitCode {
         eprintln!("gateway: {message}");
         return ExitCode::from(EX_USAGE);
     }
+    // The token file and JWT key are read here first, so that a bad one exits 64 by name.
+    if let Err(e) = gateway::access::AccessConfig::load(&gateway::server::access_sources(&config)) {
+        eprintln!("gateway: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     let feed = match gateway::feed::from_config(&config) {
         Ok(feed) => feed,
         Err(e) => {

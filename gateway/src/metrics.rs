@@ -17,6 +17,9 @@ pub const SESSIONS_ACTIVE: &str = "gateway_sessions_active";
 pub const SESSIONS_OPENED: &str = "gateway_sessions_opened_total";
 pub const SESSIONS_CLOSED: &str = "gateway_sessions_closed_total";
 pub const HANDSHAKE_REJECTIONS: &str = "gateway_handshake_rejections_total";
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+pub const RELOADS: &str = "gateway_reloads_total";
+pub const RESUME_SYMBOLS: &str = "gateway_resume_symbols_total";
 pub const MAX_CONNECTIONS: &str = "gateway_max_connections";
 pub const SUBSCRIPTIONS_ACTIVE: &str = "gateway_subscriptions_active";
 pub const REQUESTS: &str = "gateway_requests_total";
@@ -149,6 +152,9 @@ impl OpLabel {
     }
 }
 
+/// What SIGHUP reloads: the `what` label of [`RELOADS`].
+pub const RELOAD_KINDS: [&str; 2] = ["access", "tls"];
+
 /// Handshake refusal statuses, the `status` label of [`HANDSHAKE_REJECTIONS`].
 pub const REJECTION_STATUSES: [u16; 4] = [401, 403, 426, 503];
 
@@ -212,6 +218,11 @@ pub struct Metrics {
     pub sessions_opened: Counter,
     sessions_closed: Vec<Counter>,
     handshake_rejections: Vec<Counter>,
+    auth_failures: Vec<Counter>,
+    /// Symbols named in a `resume`: replayed, snapshotted.
+    resume_symbols: [Counter; 2],
+    /// Per `what` (access, tls), per `result` (ok, refused).
+    reloads: Vec<Counter>,
     requests: Vec<Counter>,
     request_errors: Vec<Counter>,
     pub feed_updates: Counter,
@@ -255,6 +266,13 @@ impl Metrics {
             None,
             "Upgrade requests refused before the upgrade, by HTTP status",
         );
+        describe(AUTH_FAILURES, None, "Requests refused for their credential, by reason");
+        describe(
+            RESUME_SYMBOLS,
+            None,
+            "Symbols named in a resume: replayed from history (resumed) or sent a snapshot",
+        );
+        describe(RELOADS, None, "Reloads on SIGHUP, by what and result (refused: the old one stays)");
         describe(REQUESTS, None, "Client requests received, by op (invalid: did not decode)");
         describe(REQUEST_ERRORS, None, "Error answers sent, by code");
         describe(FEED_UPDATES, None, "Quote updates received from the feed");
@@ -298,6 +316,21 @@ impl Metrics {
                 EndReason::ALL.iter().map(|r| r.as_str().into()).collect(),
             ),
             handshake_rejections: by(HANDSHAKE_REJECTIONS, "status", statuses),
+            auth_failures: by(
+                AUTH_FAILURES,
+                "reason",
+                crate::access::AuthFailure::ALL.iter().map(|f| f.as_str().into()).collect(),
+            ),
+            resume_symbols: ["resumed", "snapshot"]
+                .map(|outcome| counter(RESUME_SYMBOLS, &[("outcome", outcome.into())])),
+            reloads: RELOAD_KINDS
+                .iter()
+                .flat_map(|what| {
+                    ["ok", "refused"].map(|result| {
+                        counter(RELOADS, &[("what", what.to_string()), ("result", result.into())])
+                    })
+                })
+                .collect(),
             requests: by(REQUESTS, "op", OpLabel::ALL.iter().map(|o| o.as_str().into()).collect()),
             request_errors: by(
                 REQUEST_ERRORS,
@@ -333,6 +366,26 @@ impl Metrics {
             EndReason::SlowConsumer => self.slow_consumer_closes.increment(1),
             EndReason::HeartbeatTimeout => self.heartbeat_timeouts.increment(1),
             _ => {}
+        }
+    }
+
+    /// A request refused for its credential.
+    pub fn auth_failed(&self, failure: crate::access::AuthFailure) {
+        if let Some(i) = crate::access::AuthFailure::ALL.iter().position(|&f| f == failure) {
+            self.auth_failures[i].increment(1);
+        }
+    }
+
+    /// A `resume`: symbols replayed and symbols snapshotted instead.
+    pub fn resumed(&self, replayed: u64, snapshotted: u64) {
+        self.resume_symbols[0].increment(replayed);
+        self.resume_symbols[1].increment(snapshotted);
+    }
+
+    /// A reload on SIGHUP of `what` (`access` or `tls`), applied or refused.
+    pub fn reloaded(&self, what: &str, ok: bool) {
+        if let Some(i) = RELOAD_KINDS.iter().position(|&w| w == what) {
+            self.reloads[2 * i + usize::from(!ok)].increment(1);
         }
     }
 

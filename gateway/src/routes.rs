@@ -6,14 +6,16 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use proto::request::Symbols;
+use proto::request::{Resume, Symbols};
 
+use crate::access::{page_headers, AuthFailure, Grant, SessionSlot};
 use crate::clock::wall_ns;
 use crate::metrics::GaugeValues;
 use crate::net::http::{Method, RequestHead, Response};
+use crate::net::query::{self, Query, MAX_QUERY_PAIRS};
 use crate::net::ws;
-use crate::session::Entitlement;
 use crate::shard::inbox::Listener;
 use crate::state::{Gateway, SessionPermit};
 
@@ -25,23 +27,23 @@ pub struct SseSubscription {
     pub symbols: Symbols,
     pub snapshot: bool,
     pub throttle_ms: u32,
+    pub resume: Option<Resume>,
+}
+
+/// Who may open a session, and the places it holds against the limits until it ends.
+pub struct Admission {
+    pub grant: Arc<Grant>,
+    pub permit: SessionPermit,
+    pub slot: SessionSlot,
 }
 
 /// What to do with a request.
 pub enum Route {
     Respond(Response),
     /// Answer 101 and run a WebSocket session.
-    WebSocket {
-        accept: String,
-        entitlement: Option<Arc<Entitlement>>,
-        permit: SessionPermit,
-    },
+    WebSocket { accept: String, admission: Admission },
     /// Answer `text/event-stream` and run an SSE session.
-    Sse {
-        entitlement: Option<Arc<Entitlement>>,
-        permit: SessionPermit,
-        subscription: SseSubscription,
-    },
+    Sse { admission: Admission, subscription: SseSubscription },
 }
 
 /// Decides the answer to one request.
@@ -64,19 +66,33 @@ pub fn route(gw: &Arc<Gateway>, head: &RequestHead, peer: SocketAddr, listener: 
             "not found: this address serves /metrics, /healthz and /readyz only\n",
         ));
     }
+    let query = match Query::parse(head.query.as_deref().unwrap_or(""), MAX_QUERY_PAIRS) {
+        Ok(query) => query,
+        Err(e) => return Route::Respond(Response::text(400, format!("{e}\n"))),
+    };
     let respond = Route::Respond;
     match path {
-        "/" => respond(
-            Response::new(200, "text/html; charset=utf-8", PAGE)
-                .header("Cache-Control", "no-cache"),
-        ),
+        "/" => {
+            let mut page = Response::new(200, "text/html; charset=utf-8", PAGE)
+                .header("Cache-Control", "no-cache");
+            for (name, value) in page_headers::PAGE_HEADERS {
+                page = page.header(name, value);
+            }
+            respond(page)
+        }
         "/metrics" => respond(metrics(gw)),
         "/healthz" => respond(Response::text(200, "ok\n")),
         "/readyz" => respond(readyz(gw)),
-        "/symbols" => respond(symbols(gw)),
-        "/snapshot" => respond(snapshot(gw, head.query.as_deref())),
-        "/ws" => upgrade(gw, head, peer),
-        "/sse" => sse(gw, head, peer),
+        "/symbols" => match authenticate(gw, head, &query, peer) {
+            Ok(grant) => respond(symbols(gw, &grant)),
+            Err(refusal) => refusal,
+        },
+        "/snapshot" => match authenticate(gw, head, &query, peer) {
+            Ok(grant) => respond(snapshot(gw, &grant, &query)),
+            Err(refusal) => refusal,
+        },
+        "/ws" => upgrade(gw, head, &query, peer),
+        "/sse" => sse(gw, head, &query, peer),
         _ => respond(Response::text(
             404,
             "not found: see / for the dashboard, /ws for the WebSocket API\n",
@@ -119,12 +135,12 @@ fn metrics(gw: &Gateway) -> Response {
     Response::new(200, "text/plain; version=0.0.4", gw.metrics.render(&gauges))
 }
 
-fn symbols(gw: &Gateway) -> Response {
+fn symbols(gw: &Gateway, grant: &Grant) -> Response {
     let table = gw.store.table();
     let mut out = Vec::with_capacity(table.len() * 10 + 2);
     out.push(b'[');
-    for (i, entry) in table.entries.iter().enumerate() {
-        if i > 0 {
+    for entry in table.entries.iter().filter(|e| grant.allows(&e.name)) {
+        if out.len() > 1 {
             out.push(b',');
         }
         proto::json::write_str(&mut out, &entry.name);
@@ -133,65 +149,17 @@ fn symbols(gw: &Gateway) -> Response {
     Response::json(200, out)
 }
 
-/// The value of query parameter `name`, percent-decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The symbol list of a query parameter: de-duplicated, at most `max` names.
-fn symbol_list(list: &str, max: usize) -> Result<Vec<String>, Response> {
-    let mut seen = std::collections::HashSet::new();
-    let mut names = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        if seen.insert(name) {
-            if names.len() == max {
-                return Err(Response::text(
-                    400,
-                    format!("too many symbols: at most {max} per request\n"),
-                ));
-            }
-            names.push(name.to_string());
-        }
-    }
-    Ok(names)
-}
-
-fn snapshot(gw: &Gateway, query: Option<&str>) -> Response {
-    let Some(list) = query_param(query, "symbols").filter(|s| !s.trim().is_empty()) else {
+fn snapshot(gw: &Gateway, grant: &Grant, query: &Query<'_>) -> Response {
+    let Some(list) = query.get("symbols").filter(|s| !s.trim().is_empty()) else {
         return Response::text(400, "name the symbols: /snapshot?symbols=AAPL,MSFT\n");
     };
-    let names = match symbol_list(&list, gw.config.max_subscriptions as usize) {
+    let names = match query::symbol_list(list, gw.config.max_subscriptions as usize) {
         Ok(names) => names,
-        Err(answer) => return answer,
+        Err(e) => return Response::text(400, format!("{e}\n")),
     };
+    if let Some(name) = names.iter().find(|n| !grant.allows(n)) {
+        return Response::text(403, format!("not entitled to symbol: {name}\n"));
+    }
     let table = gw.store.table();
     let mut out = vec![b'['];
     for (i, name) in names.iter().enumerate() {
@@ -216,42 +184,58 @@ fn refused(gw: &Gateway, peer: SocketAddr, status: u16, message: String) -> Rout
     Route::Respond(Response::text(status, message))
 }
 
-/// The checks both session endpoints make: Origin, token, connection limits.
+/// The request's grant, from its `Authorization` header or `token` parameter; refusals are
+/// 401 with the reason (never the credential), counted, and logged at a bounded rate.
+fn authenticate(
+    gw: &Gateway,
+    head: &RequestHead,
+    query: &Query<'_>,
+    peer: SocketAddr,
+) -> Result<Arc<Grant>, Route> {
+    let access = gw.access.load();
+    let authorization = head.authorization.as_deref().map(str::as_bytes);
+    access.authenticate_request(authorization, query.get("token"), SystemTime::now()).map_err(
+        |failure: AuthFailure| {
+            gw.metrics.auth_failed(failure);
+            gw.audit_auth_failure(peer, failure);
+            Route::Respond(
+                Response::text(
+                    401,
+                    format!(
+                        "a valid access token is required ({}): Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+                        failure.as_str()
+                    ),
+                )
+                .header("WWW-Authenticate", "Bearer"),
+            )
+        },
+    )
+}
+
+/// The checks both session endpoints make: Origin, credential, connection limits.
 fn admit(
     gw: &Arc<Gateway>,
     head: &RequestHead,
+    query: &Query<'_>,
     peer: SocketAddr,
-) -> Result<(Option<Arc<Entitlement>>, SessionPermit), Route> {
-    if !gw.access.origin_allowed(head.origin.as_deref()) {
+) -> Result<Admission, Route> {
+    if !gw.origin_allowed(head.origin.as_deref()) {
         return Err(refused(gw, peer, 403, "origin not allowed\n".into()));
     }
-    let token = query_param(head.query.as_deref(), "token");
-    let entitlement = match gw.access.authenticate(head.authorization.as_deref(), token.as_deref())
-    {
-        Ok(entitlement) => entitlement,
-        Err(()) => {
-            gw.metrics.handshake_rejected(401);
-            return Err(Route::Respond(
-                Response::text(
-                    401,
-                    "a valid access token is required: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
-                )
-                .header("WWW-Authenticate", "Bearer"),
-            ));
-        }
+    let grant =
+        authenticate(gw, head, query, peer).inspect_err(|_| gw.metrics.handshake_rejected(401))?;
+    let busy = |why: String| {
+        gw.metrics.handshake_rejected(503);
+        Route::Respond(Response::text(503, format!("{why}: retry later\n")).header("Retry-After", "1"))
     };
-    match SessionPermit::acquire(gw, peer.ip()) {
-        Ok(permit) => Ok((entitlement, permit)),
-        Err(why) => {
-            gw.metrics.handshake_rejected(503);
-            Err(Route::Respond(
-                Response::text(503, format!("{why}: retry later\n")).header("Retry-After", "1"),
-            ))
-        }
-    }
+    let slot = gw.sessions_per_grant.try_acquire(&grant).map_err(|limit| {
+        busy(format!("{} has its {} sessions open", limit.principal, limit.limit))
+    })?;
+    let permit = SessionPermit::acquire(gw, peer.ip()).map_err(|why| busy(why.to_string()))?;
+    Ok(Admission { grant, permit, slot })
 }
 
-fn upgrade(gw: &Arc<Gateway>, head: &RequestHead, peer: SocketAddr) -> Route {
+fn upgrade(gw: &Arc<Gateway>, head: &RequestHead, query: &Query<'_>, peer: SocketAddr) -> Route {
     if !head.upgrade_websocket || !head.connection_upgrade {
         gw.metrics.handshake_rejected(426);
         return Route::Respond(
@@ -270,60 +254,65 @@ fn upgrade(gw: &Arc<Gateway>, head: &RequestHead, peer: SocketAddr) -> Route {
         return Route::Respond(Response::text(400, "missing Sec-WebSocket-Key\n"));
     };
     let accept = ws::accept_key(key.as_bytes());
-    match admit(gw, head, peer) {
-        Ok((entitlement, permit)) => Route::WebSocket { accept, entitlement, permit },
+    match admit(gw, head, query, peer) {
+        Ok(admission) => Route::WebSocket { accept, admission },
         Err(route) => route,
     }
 }
 
-fn sse(gw: &Arc<Gateway>, head: &RequestHead, peer: SocketAddr) -> Route {
-    let query = head.query.as_deref();
-    let Some(list) = query_param(query, "symbols").filter(|s| !s.trim().is_empty()) else {
-        return Route::Respond(Response::text(400, "name the symbols: /sse?symbols=AAPL,MSFT\n"));
+fn sse(gw: &Arc<Gateway>, head: &RequestHead, query: &Query<'_>, peer: SocketAddr) -> Route {
+    let bad = |message: String| Route::Respond(Response::text(400, message));
+    let Some(list) = query.get("symbols").filter(|s| !s.trim().is_empty()) else {
+        return bad("name the symbols: /sse?symbols=AAPL,MSFT\n".into());
     };
-    let names = match symbol_list(&list, gw.config.max_subscriptions as usize) {
+    let max = gw.config.max_subscriptions as usize;
+    let names = match query::symbol_list(list, max) {
         Ok(names) => names,
-        Err(answer) => return Route::Respond(answer),
+        Err(e) => return bad(format!("{e}\n")),
     };
-    let throttle_ms = match query_param(query, "throttle_ms").map(|v| v.parse::<u32>()) {
+    let throttle_ms = match query.get("throttle_ms").map(str::parse::<u32>) {
         None => 0,
         Some(Ok(ms)) if ms <= proto::MAX_THROTTLE_MS => ms,
-        Some(_) => {
-            return Route::Respond(Response::text(
-                400,
-                "throttle_ms must be an integer from 0 to 60000\n",
-            ))
-        }
+        Some(_) => return bad("throttle_ms must be an integer from 0 to 60000\n".into()),
     };
-    let snapshot = match query_param(query, "snapshot").as_deref() {
+    let snapshot = match query.get("snapshot") {
         None | Some("true") => true,
         Some("false") => false,
-        Some(_) => return Route::Respond(Response::text(400, "snapshot must be true or false\n")),
+        Some(_) => return bad("snapshot must be true or false\n".into()),
     };
-    let (entitlement, permit) = match admit(gw, head, peer) {
-        Ok(admitted) => admitted,
+    let resume = match (query.get("resume_epoch"), query.get("since")) {
+        (None, None) => None,
+        (Some(epoch), since) => match query::since_list(since.unwrap_or(""), max) {
+            Ok(seq) => Some(Resume {
+                epoch: epoch.to_string(),
+                seq: seq.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+            }),
+            Err(e) => return bad(format!("{e}\n")),
+        },
+        (None, Some(_)) => {
+            return bad("since needs resume_epoch: the epoch of the stream it continues\n".into())
+        }
+    };
+    let admission = match admit(gw, head, query, peer) {
+        Ok(admission) => admission,
         Err(route) => return route,
     };
-    let symbols = if names.len() == 1 && names[0] == "*" {
+    let symbols = if names == ["*"] {
         Symbols::All
     } else {
         let table = gw.store.table();
-        let valid = names.iter().any(|n| {
-            table
-                .get(n)
-                .is_some_and(|e| entitlement.as_ref().is_none_or(|a| a.contains(e.name.as_ref())))
-        });
-        if !valid {
+        let known: Vec<&&str> = names.iter().filter(|n| table.get(n).is_some()).collect();
+        if known.is_empty() {
+            return bad("none of the named symbols exists: see /symbols\n".into());
+        }
+        if !known.iter().any(|n| admission.grant.allows(n)) {
+            gw.metrics.handshake_rejected(403);
             return Route::Respond(Response::text(
-                400,
-                "none of the named symbols can be streamed: see /symbols\n",
+                403,
+                "not entitled to any of the named symbols\n",
             ));
         }
-        Symbols::List(names)
+        Symbols::List(names.iter().map(|n| n.to_string()).collect())
     };
-    Route::Sse {
-        entitlement,
-        permit,
-        subscription: SseSubscription { symbols, snapshot, throttle_ms },
-    }
+    Route::Sse { admission, subscription: SseSubscription { symbols, snapshot, throttle_ms, resume } }
 }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Access;
+use crate::access::{AccessConfig, AccessSources};
 use crate::clock::wall_ns;
 use crate::config::Config;
 use crate::feed::{Feed, FeedError, Publisher};
@@ -37,7 +37,11 @@ pub async fn run(
     let shards = config.shard_count();
     let metrics = Arc::new(Metrics::new(shards));
     let store = Arc::new(SnapshotStore::new(std::iter::empty(), shards, config.history_limits()));
-    let access = Access::new(&config.allowed_origins, &config.access_tokens);
+    let access = AccessConfig::load(&access_sources(&config)).map_err(anyhow::Error::new)?;
+    for warning in access.warnings() {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(access = %access.describe(), "access control");
     let gateway =
         Arc::new(Gateway::new(config, Arc::clone(&store), Arc::clone(&metrics), access, wall_ns()));
     let config = &gateway.config;
@@ -136,6 +140,15 @@ pub async fn run(
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Where the access configuration is read from (again on every SIGHUP).
+pub fn access_sources(config: &Config) -> AccessSources {
+    AccessSources {
+        tokens_file: config.tokens_file.clone(),
+        access_tokens: config.access_tokens.clone(),
+        jwt_key: config.jwt_key.clone(),
+    }
 }
 
 /// Socket options of an accepted connection; `None` if the socket is already unusable.

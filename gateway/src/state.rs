@@ -3,13 +3,15 @@
 //! only on connection and subscription changes, never per delivery.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::access::Access;
+use arc_swap::ArcSwap;
+
+use crate::access::{AccessConfig, AuditDecision, AuditLimiter, AuthFailure, SessionCounts};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::SnapshotStore;
@@ -20,7 +22,12 @@ pub struct Gateway {
     pub server_name: String,
     pub store: Arc<SnapshotStore>,
     pub metrics: Arc<Metrics>,
-    pub access: Access,
+    /// Tokens, JWT key, entitlements: replaced whole on SIGHUP.
+    pub access: ArcSwap<AccessConfig>,
+    /// Sessions open per token entry or JWT `sub` (their `max_sessions`).
+    pub sessions_per_grant: Arc<SessionCounts>,
+    origins: Vec<String>,
+    auth_log: Mutex<AuditLimiter>,
     pub started_wall_ns: u64,
     pub sessions_active: AtomicU64,
     pub sse_sessions_active: AtomicU64,
@@ -36,15 +43,18 @@ impl Gateway {
         config: Config,
         store: Arc<SnapshotStore>,
         metrics: Arc<Metrics>,
-        access: Access,
+        access: AccessConfig,
         started_wall_ns: u64,
     ) -> Gateway {
         Gateway {
             server_name: config.server_name(),
+            origins: config.allowed_origins.iter().filter(|o| !o.is_empty()).cloned().collect(),
+            auth_log: Mutex::new(AuditLimiter::new(config.auth_log_per_sec)),
             config,
             store,
             metrics,
-            access,
+            access: ArcSwap::from_pointee(access),
+            sessions_per_grant: SessionCounts::new(),
             started_wall_ns,
             sessions_active: AtomicU64::new(0),
             sse_sessions_active: AtomicU64::new(0),
@@ -52,6 +62,22 @@ impl Gateway {
             pending_connections: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             session_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a session may be opened from `origin` (the allow-list, if one is configured).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        self.origins.is_empty() || origin.is_some_and(|o| self.origins.iter().any(|a| a == o))
+    }
+
+    /// Logs an authentication failure at info, at most `--auth-log-per-sec` a second.
+    pub fn audit_auth_failure(&self, peer: SocketAddr, failure: AuthFailure) {
+        match self.auth_log.lock().admit(std::time::Instant::now()) {
+            AuditDecision::Log { suppressed_before } => tracing::info!(
+                %peer, reason = failure.as_str(), suppressed = suppressed_before,
+                "authentication failed"
+            ),
+            AuditDecision::Suppress => {}
         }
     }
 

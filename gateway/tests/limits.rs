@@ -23,18 +23,6 @@ use tokio_tungstenite::tungstenite::Message;
 /// How long a test waits for a close it expects.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// A client that subscribes to `symbol` and receives its snapshot and a quote: proof that the
-/// gateway still serves new sessions normally.
-async fn a_new_client_gets_quotes(gw: &TestGateway, symbol: &str) {
-    let (mut ws, _) = gw.client().await;
-    subscribe(&mut ws, 1, &[symbol]).await;
-    let (snapshot, _) = recv_until(&mut ws, |m| m["type"] == "snapshot").await;
-    assert_eq!(snapshot["symbol"], symbol);
-    let (quote, _) = recv_until(&mut ws, |m| m["type"] == "quote").await;
-    assert_eq!(quote["symbol"], symbol);
-    assert!(quote["seq"].as_u64() > snapshot["seq"].as_u64(), "{snapshot} then {quote}");
-}
-
 /// Sends a WebSocket upgrade request for `/ws` over raw TCP (from `from`, default 127.0.0.1)
 /// and reads the response head and body. For refusals, which answer before the upgrade.
 async fn raw_upgrade(addr: SocketAddr, from: Option<Ipv4Addr>) -> HttpResponse {

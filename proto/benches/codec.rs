@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use proto::{Price, Quote, Request};
+use proto::{DecodeLimits, DecodeScratch, Price, Quote, Request};
 
 fn quote() -> Quote {
     Quote {
@@ -32,20 +32,39 @@ fn decode(c: &mut Criterion) {
     let subscribe = br#"{"op":"subscribe","id":1,"symbols":["AAPL","MSFT","NVDA","AMZN","GOOGL","META","TSLA","JPM","V","XOM"],"snapshot":true,"throttle_ms":0}"#;
     let ping = br#"{"op":"ping","id":3}"#;
     let invalid = br#"{"op":"subscribe","symbols":"AAPL"}"#;
-    let mut scratch = Vec::new();
+    let limits = DecodeLimits { max_symbols: 1000 };
+    let mut scratch = DecodeScratch::new();
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(1));
     group.bench_function("subscribe_10_symbols", |b| {
-        b.iter(|| black_box(Request::decode(black_box(subscribe), &mut scratch)))
+        b.iter(|| black_box(Request::decode(black_box(subscribe), &mut scratch, limits)))
     });
     group.bench_function("ping", |b| {
-        b.iter(|| black_box(Request::decode(black_box(ping), &mut scratch)))
+        b.iter(|| black_box(Request::decode(black_box(ping), &mut scratch, limits)))
     });
     group.bench_function("invalid", |b| {
-        b.iter(|| black_box(Request::decode(black_box(invalid), &mut scratch)))
+        b.iter(|| black_box(Request::decode(black_box(invalid), &mut scratch, limits)))
     });
     group.finish();
 }
 
-criterion_group!(benches, encode, decode);
+/// Frames of `max_message_bytes` built to be expensive: each must cost time linear in its size.
+fn decode_hostile(c: &mut Criterion) {
+    let limits = DecodeLimits { max_symbols: 1000 };
+    let nested = format!("{}{}", "[".repeat(32_768), "]".repeat(32_768));
+    let names: Vec<String> = (0..6_000).map(|i| format!("\"U{i:04}\"")).collect();
+    let many = format!(r#"{{"op":"subscribe","symbols":[{}]}}"#, names.join(","));
+    let mut scratch = DecodeScratch::new();
+    let mut group = c.benchmark_group("decode_hostile");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("nested_arrays_64KiB", |b| {
+        b.iter(|| black_box(Request::decode(black_box(nested.as_bytes()), &mut scratch, limits)))
+    });
+    group.bench_function("subscribe_6000_names", |b| {
+        b.iter(|| black_box(Request::decode(black_box(many.as_bytes()), &mut scratch, limits)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encode, decode, decode_hostile);
 criterion_main!(benches);

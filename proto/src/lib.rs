@@ -3,8 +3,9 @@
 //!
 //! - [`price`]: fixed-point prices, written with the symbol's precision and never float noise.
 //! - [`quote`]: a quote, encoded once per update into the frames every subscriber shares.
-//! - [`request`]: client requests, decoded with `simd-json`; anything invalid is a
-//!   [`request::DecodeError`] that becomes a `bad_request` answer, never a panic.
+//! - [`request`]: client requests, decoded with `simd-json` in time linear in the frame;
+//!   anything invalid is a [`request::DecodeError`] that becomes a `bad_request` (or
+//!   `too_many_subscriptions`) answer, never a panic.
 //! - [`server`]: the other server messages (`welcome`, `ack`, `error`, `heartbeat`, `pong`).
 //! - [`close`]: WebSocket close codes of the contract.
 //!
@@ -19,7 +20,10 @@ pub mod server;
 
 pub use price::Price;
 pub use quote::{Quote, QuoteFrames};
-pub use request::{DecodeError, Op, Request, RequestId};
+pub use request::{
+    DecodeError, DecodeErrorKind, DecodeLimits, DecodeScratch, Op, Request, RequestId, Resume,
+    Symbols, MAX_REQUEST_DEPTH,
+};
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;

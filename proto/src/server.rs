@@ -115,6 +115,26 @@ pub fn ack<'a>(
     out
 }
 
+/// `ack` of a subscribe with `resume`: also lists the symbols replayed instead of snapshotted.
+pub fn ack_resumed<'a>(
+    id: Option<&RequestId>,
+    op: &str,
+    symbols: impl IntoIterator<Item = &'a str>,
+    resumed: impl IntoIterator<Item = &'a str>,
+) -> Vec<u8> {
+    let mut out = ack(id, op, symbols);
+    out.pop();
+    out.extend_from_slice(b",\"resumed\":[");
+    for (i, s) in resumed.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(&mut out, s);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// `error` answering one request. `symbols` is written when non-empty; `retry_after_ms` with
 /// `rate_limited`.
 pub fn error<'a>(
@@ -182,6 +202,10 @@ mod tests {
         assert_eq!(
             s(ack(Some(&RequestId::Num(1)), "subscribe", ["AAPL", "MSFT"])),
             r#"{"type":"ack","id":1,"op":"subscribe","symbols":["AAPL","MSFT"]}"#
+        );
+        assert_eq!(
+            s(ack_resumed(Some(&RequestId::Num(4)), "subscribe", ["AAPL", "MSFT"], ["AAPL"])),
+            r#"{"type":"ack","id":4,"op":"subscribe","symbols":["AAPL","MSFT"],"resumed":["AAPL"]}"#
         );
         assert_eq!(
             s(heartbeat(1763775605000000000)),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proto::close::CloseCause;
 
+use crate::access::Grant;
 use crate::metrics::{EndReason, MsgType};
 use crate::net::ws::FrameHeader;
 use crate::shard::registry::{List, SubKey};
@@ -32,8 +33,6 @@ use budget::{Strikes, TokenBucket};
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 pub const CLOSE_GRACE_NS: u64 = CLOSE_GRACE.as_nanos() as u64;
 
-/// The symbols a token may subscribe to; `None` on a session means every symbol.
-pub type Entitlement = std::collections::HashSet<Box<str>>;
 
 /// How messages are framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +156,10 @@ pub struct Session {
     pub id: u64,
     pub framing: Framing,
     pub peer: SocketAddr,
-    pub entitlement: Option<Arc<Entitlement>>,
+    /// Who the session is and what it may see (replaced on a reload).
+    pub grant: Arc<Grant>,
+    /// Its `max_subscriptions` (the grant's, or the gateway's).
+    pub max_subscriptions: usize,
     /// Subscriptions, sorted by symbol.
     pub subs: Vec<(SymbolId, SubKey)>,
     pub all: Option<AllSymbols>,
@@ -201,7 +203,8 @@ impl Session {
         id: u64,
         framing: Framing,
         peer: SocketAddr,
-        entitlement: Option<Arc<Entitlement>>,
+        grant: Arc<Grant>,
+        max_subscriptions: usize,
         budgets: Budgets,
         now_ns: u64,
         ping_interval_ns: u64,
@@ -210,7 +213,8 @@ impl Session {
             id,
             framing,
             peer,
-            entitlement,
+            grant,
+            max_subscriptions,
             subs: Vec::new(),
             all: None,
             ready: List::default(),

@@ -6,10 +6,10 @@
 //! Every step costs time linear in the request's size: names are looked up once each, new
 //! subscriptions are merged into the session's sorted list in one sort, removals in one pass.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use proto::close;
-use proto::request::{Op, Request, RequestId, Symbols};
+use proto::request::{DecodeErrorKind, DecodeLimits, Op, Request, RequestId, Resume, Symbols};
 use proto::server::{self, ErrorCode};
 
 use super::{AllSymbols, Ending, Out, Session};
@@ -35,13 +35,19 @@ pub fn handle_text(core: &mut Core, key: u32, s: &mut Session, text: &[u8], now_
         error(core, s, id.as_ref(), ErrorCode::RateLimited, &message, &[], Some(retry_after_ms));
         return;
     }
-    let decoded = Request::decode(text, &mut core.decode_scratch);
+    let limits = DecodeLimits { max_symbols: s.max_subscriptions };
+    let decoded = Request::decode(text, &mut core.decode_scratch, limits);
     core.gw.metrics.request(decoded.as_ref().map_or(OpLabel::Invalid, |r| OpLabel::of(&r.op)));
     match decoded {
+        Err(e) if e.kind == DecodeErrorKind::TooManySymbols => {
+            // Well formed, just too big to serve: refused whole, not a strike.
+            error(core, s, e.id.as_ref(), e.kind.code(), &e.message, &[], None)
+        }
         Err(e) => bad_request(core, s, e.id.as_ref(), &e.message, now_ns),
         Ok(request) => match request.op {
-            Op::Subscribe { symbols, snapshot, throttle_ms } => {
-                subscribe(core, key, s, request.id.as_ref(), symbols, snapshot, throttle_ms, now_ns)
+            Op::Subscribe { symbols, snapshot, throttle_ms, resume } => {
+                let subscription = Subscribe { symbols, snapshot, throttle_ms, resume };
+                subscribe(core, key, s, request.id.as_ref(), subscription, now_ns)
             }
             Op::Unsubscribe { symbols } => unsubscribe(core, s, request.id.as_ref(), symbols),
             Op::Ping => {
@@ -96,20 +102,26 @@ fn resolve<'a>(table: &SymbolTable, s: &Session, names: &'a [String]) -> Resolve
 }
 
 pub fn entitled(s: &Session, name: &str) -> bool {
-    s.entitlement.as_ref().is_none_or(|allowed| allowed.contains(name))
+    s.grant.allows(name)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A subscribe, as decoded from a frame or from an SSE query.
+pub struct Subscribe {
+    pub symbols: Symbols,
+    pub snapshot: bool,
+    pub throttle_ms: u32,
+    pub resume: Option<Resume>,
+}
+
 pub fn subscribe(
     core: &mut Core,
     key: u32,
     s: &mut Session,
     id: Option<&RequestId>,
-    symbols: Symbols,
-    snapshot: bool,
-    throttle_ms: u32,
+    request: Subscribe,
     now_ns: u64,
 ) {
+    let Subscribe { symbols, snapshot, throttle_ms, resume } = request;
     let table = core.gw.store.table_full();
     let names = match &symbols {
         Symbols::All => Vec::new(),
@@ -128,7 +140,7 @@ pub fn subscribe(
         Symbols::List(_) => resolve(&table, s, &names),
     };
     let added = resolved.known.iter().filter(|&&sym| s.sub_of(sym).is_none()).count();
-    let max = core.gw.config.max_subscriptions as usize;
+    let max = s.max_subscriptions;
     if s.subs.len() + added > max {
         let message = format!(
             "subscribing to {added} more symbols would exceed max_subscriptions ({max}); this session has {}",
@@ -137,13 +149,48 @@ pub fn subscribe(
         error(core, s, id, ErrorCode::TooManySubscriptions, &message, &[], None);
         return;
     }
+    // Which symbols resume: decided before the ack, which lists them.
+    let resumed: Option<HashMap<SymbolId, u64>> = resume.as_ref().map(|resume| {
+        let epoch_ok = resume.epoch == *core.gw.store.epoch();
+        let asked: HashMap<&str, u64> = resume.seq.iter().map(|(n, q)| (n.as_str(), *q)).collect();
+        resolved
+            .known
+            .iter()
+            .filter(|&&sym| epoch_ok && s.sub_of(sym).is_none())
+            .filter_map(|&sym| {
+                let entry = &table.entries[sym as usize];
+                let seq = *asked.get(entry.name.as_ref())?;
+                entry.holds_every_update_after(seq).then_some((sym, seq))
+            })
+            .collect()
+    });
+    if let (Some(resume), Some(resumed)) = (&resume, &resumed) {
+        let asked = resume.seq.iter().filter(|(n, _)| table.get(n).is_some()).count();
+        core.gw.metrics.resumed(resumed.len() as u64, asked.saturating_sub(resumed.len()) as u64);
+    }
+    let resumed_names = |resumed: &HashMap<SymbolId, u64>| -> Vec<&str> {
+        resolved
+            .known
+            .iter()
+            .filter(|sym| resumed.contains_key(sym))
+            .map(|&sym| table.entries[sym as usize].name.as_ref())
+            .collect()
+    };
     let all = matches!(symbols, Symbols::All);
+    if all || !resolved.known.is_empty() {
+        let names: Vec<&str> = if all {
+            vec!["*"]
+        } else {
+            resolved.known.iter().map(|&sym| table.entries[sym as usize].name.as_ref()).collect()
+        };
+        let ack = match &resumed {
+            Some(resumed) => server::ack_resumed(id, "subscribe", names, resumed_names(resumed)),
+            None => server::ack(id, "subscribe", names),
+        };
+        s.push_text(MsgType::Ack, ack);
+    }
     if all {
-        s.push_text(MsgType::Ack, server::ack(id, "subscribe", ["*"]));
         s.all = Some(AllSymbols { snapshot, throttle_ms });
-    } else if !resolved.known.is_empty() {
-        let names = resolved.known.iter().map(|&sym| table.entries[sym as usize].name.as_ref());
-        s.push_text(MsgType::Ack, server::ack(id, "subscribe", names));
     }
     if !resolved.unknown.is_empty() {
         let message = format!("unknown symbol: {}", resolved.unknown.join(", "));
@@ -159,9 +206,37 @@ pub fn subscribe(
     }
     let mut fresh = Vec::with_capacity(added);
     for sym in resolved.known {
-        add_or_update(core, key, s, sym, snapshot, throttle_ms, now_ns, &mut fresh);
+        match resumed.as_ref().and_then(|r| r.get(&sym)) {
+            Some(&seq) => resume_one(core, key, s, sym, seq, throttle_ms, now_ns, &mut fresh),
+            None => add_or_update(core, key, s, sym, snapshot, throttle_ms, now_ns, &mut fresh),
+        }
     }
     merge_new(s, fresh);
+}
+
+/// Subscribes to `symbol` from `seq` on: every update after it is replayed, no snapshot.
+#[allow(clippy::too_many_arguments)]
+fn resume_one(
+    core: &mut Core,
+    key: u32,
+    s: &mut Session,
+    symbol: SymbolId,
+    seq: u64,
+    throttle_ms: u32,
+    now_ns: u64,
+    fresh: &mut Vec<(SymbolId, u32)>,
+) {
+    core.refresh_latest(symbol);
+    let state = policy::Subscription {
+        last_seq: seq,
+        snapshot_due: false,
+        resuming: true,
+        throttle_ns: u64::from(throttle_ms) * 1_000_000,
+        next_send_ns: now_ns,
+    };
+    let sub = core.insert_sub(key, symbol, state);
+    core.make_ready(s, sub);
+    fresh.push((symbol, sub));
 }
 
 /// Subscribes session `key` to `symbol` (or replaces the options of its subscription), making

@@ -38,7 +38,7 @@ use crate::routes::{self, Route};
 use crate::session::budget::{Strikes, TokenBucket};
 use crate::session::inbound::{self, Assembly, Event};
 use crate::session::{requests, Budgets, Ending, Framing, Out, Session};
-use crate::state::{Gateway, SessionPermit};
+use crate::state::Gateway;
 use crate::store::{Snapshot, SymbolId};
 use inbox::{Command, Inbox, Listener};
 use registry::{Registry, SubKey, Waiting};
@@ -77,7 +77,7 @@ pub struct Core {
     pub latest: Vec<Option<Arc<Snapshot>>>,
     /// Sessions with something to write this turn, each once.
     pub dirty: Vec<u32>,
-    pub decode_scratch: Vec<u8>,
+    pub decode_scratch: proto::DecodeScratch,
     /// What this shard sent since the counters were last added to the metrics.
     pub tally: Tally,
     /// Symbols known to this shard (the table may grow: new symbols from the feed).
@@ -204,7 +204,7 @@ enum State {
     /// Reading a request head, or writing an answer.
     Http(Box<HttpConn>),
     /// A WebSocket or SSE session.
-    Session { session: Box<Session>, _permit: SessionPermit },
+    Session { session: Box<Session>, _admission: routes::Admission },
 }
 
 /// An HTTP connection: the request head read so far and the answer being written.
@@ -277,7 +277,7 @@ impl Shard {
                 registry: Registry::default(),
                 latest: Vec::new(),
                 dirty: Vec::new(),
-                decode_scratch: Vec::new(),
+                decode_scratch: proto::DecodeScratch::new(),
                 tally: Tally::default(),
                 known_symbols: 0,
             },
@@ -549,7 +549,6 @@ impl Shard {
         let from = self.core.known_symbols;
         self.core.known_symbols = table.len();
         let now = mono_ns();
-        let max = self.gw().config.max_subscriptions as usize;
         let keys: Vec<u32> = self
             .conns
             .iter()
@@ -562,7 +561,7 @@ impl Shard {
             let Some(all) = session.all else { continue };
             let mut fresh = Vec::new();
             for entry in &table.entries[from..] {
-                if session.subs.len() + fresh.len() >= max {
+                if session.subs.len() + fresh.len() >= session.max_subscriptions {
                     break;
                 }
                 if requests::entitled(session, &entry.name) {
@@ -748,19 +747,17 @@ impl Shard {
         let head_only = head.method() == http::Method::Head;
         match routes::route(&gw, &head, conn.peer, conn.listener) {
             Route::Respond(answer) => self.respond(key, &answer, keep_alive, head_only),
-            Route::WebSocket { accept, entitlement, permit } => self.open_session(
+            Route::WebSocket { accept, admission } => self.open_session(
                 key,
                 Framing::WebSocket,
-                entitlement,
-                permit,
+                admission,
                 http::switching_protocols(&accept),
                 None,
             ),
-            Route::Sse { entitlement, permit, subscription } => self.open_session(
+            Route::Sse { admission, subscription } => self.open_session(
                 key,
                 Framing::Sse,
-                entitlement,
-                permit,
+                admission,
                 http::event_stream_head().to_vec(),
                 Some(subscription),
             ),
@@ -814,8 +811,7 @@ impl Shard {
         &mut self,
         key: u32,
         framing: Framing,
-        entitlement: Option<Arc<crate::session::Entitlement>>,
-        permit: SessionPermit,
+        admission: routes::Admission,
         head: Vec<u8>,
         subscription: Option<routes::SseSubscription>,
     ) {
@@ -841,11 +837,13 @@ impl Shard {
             ),
         };
         let id = gw.next_session_id();
+        let max_subscriptions = admission.grant.max_subscriptions(config.max_subscriptions);
         let mut session = Box::new(Session::new(
             id,
             framing,
             conn.peer,
-            entitlement,
+            Arc::clone(&admission.grant),
+            max_subscriptions as usize,
             budgets,
             now,
             config.ping_interval().as_nanos() as u64,
@@ -853,7 +851,7 @@ impl Shard {
         session.push(Out::Raw(head.into()));
         let epoch = gw.store.epoch();
         let limits = Limits {
-            max_subscriptions: config.max_subscriptions,
+            max_subscriptions,
             max_message_bytes: config.max_message_bytes,
             max_requests_per_sec: config.max_requests_per_sec,
         };
@@ -873,18 +871,15 @@ impl Shard {
         }
         tracing::debug!(session = %session.id_hex(), peer = %conn.peer, shard = self.core.shard, ?framing, "session opened");
         if let Some(sub) = subscription {
-            requests::subscribe(
-                &mut self.core,
-                key,
-                &mut session,
-                None,
-                sub.symbols,
-                sub.snapshot,
-                sub.throttle_ms,
-                now,
-            );
+            let request = requests::Subscribe {
+                symbols: sub.symbols,
+                snapshot: sub.snapshot,
+                throttle_ms: sub.throttle_ms,
+                resume: sub.resume,
+            };
+            requests::subscribe(&mut self.core, key, &mut session, None, request, now);
         }
-        conn.state = State::Session { session, _permit: permit };
+        conn.state = State::Session { session, _admission: admission };
         if !leftover.is_empty() && framing == Framing::WebSocket {
             // Frames the client sent right behind its upgrade request.
             self.take_frames(key, leftover);

@@ -389,6 +389,18 @@ pub async fn ping(ws: &mut Ws, id: u64) -> Value {
     pong
 }
 
+/// A client that subscribes to `symbol` and receives its snapshot and a quote: proof that the
+/// gateway still serves new sessions normally.
+pub async fn a_new_client_gets_quotes(gw: &TestGateway, symbol: &str) {
+    let (mut ws, _) = gw.client().await;
+    subscribe(&mut ws, 1, &[symbol]).await;
+    let (snapshot, _) = recv_until(&mut ws, |m| m["type"] == "snapshot").await;
+    assert_eq!(snapshot["symbol"], symbol);
+    let (quote, _) = recv_until(&mut ws, |m| m["type"] == "quote").await;
+    assert_eq!(quote["symbol"], symbol);
+    assert!(quote["seq"].as_u64() > snapshot["seq"].as_u64(), "{snapshot} then {quote}");
+}
+
 /// Wall clock in ns since the Unix epoch, as quotes' `ts`.
 pub fn wall_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
