@@ -4,7 +4,7 @@ CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
 
-.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench soak
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -44,6 +44,11 @@ test-prometheus: build-debug
 observe:
 	grafana/observe.sh
 
-## bench: release builds, the benchmark scenarios, docs/benchmarks.md
+## bench: release builds, the benchmark scenarios and the soak, docs/benchmarks.md
 bench:
 	load-tests/bench.sh
+
+## soak: 30 minutes at the standard load with churning sessions, unscraped; RSS slope and
+## RSS after the clients leave, into docs/benchmarks.md (SOAK_MINUTES=N for a shorter run)
+soak:
+	load-tests/soak.sh

@@ -184,13 +184,13 @@ pub async fn run(cli: Cli) -> Result<Report> {
     let mut printer = ProgressPrinter::new(
         cli.quiet,
         cli.clients,
-        cli.churn > 0,
         epoch_ns,
         ramp_end,
         window_start,
         window_end,
         workers > 1,
     );
+    printer.churn = cli.churn > 0;
     while reports.iter().any(Option::is_none) {
         match rx.recv().await {
             Some(Event::Worker(w, WorkerEvent::Progress(p))) => {
@@ -433,7 +433,6 @@ impl ProgressPrinter {
     fn new(
         quiet: bool,
         clients: u64,
-        churn: bool,
         epoch_ns: u64,
         ramp_end: u64,
         window_start: u64,
@@ -443,7 +442,7 @@ impl ProgressPrinter {
         ProgressPrinter {
             quiet,
             clients,
-            churn,
+            churn: false,
             epoch_ns,
             ramp_end,
             window_start,
