@@ -12,6 +12,7 @@
 # Environment:
 #   SOAK_MINUTES=N     minutes of load (default 30; warm-up is a sixth of it, at least 1)
 #   SOAK_OUT=FILE      write the report there instead of docs/benchmarks.md
+#   SOAK_GATEWAY_BIN   the gateway binary to soak (default: the release build; to compare builds)
 #   CARGO_TARGET_DIR   where the release binaries are built (default: ./target)
 # Exit code: 0 both targets met, 1 a target missed, 2 the run could not be made.
 set -euo pipefail
@@ -28,7 +29,7 @@ log() { printf '[soak %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 log "building release binaries"
 cargo build --release -p gateway -p load-tests
-export SOAK_GATEWAY_BIN=$TARGET_DIR/release/gateway
+export SOAK_GATEWAY_BIN=${SOAK_GATEWAY_BIN:-$TARGET_DIR/release/gateway}
 export SOAK_LOADTEST_BIN=$TARGET_DIR/release/load-tests
 
 GW_PIN=()

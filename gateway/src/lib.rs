@@ -19,12 +19,14 @@
 //! - [`http`]: the HTTP endpoints and the WebSocket upgrade, on the same port.
 //! - [`server`]: shards, the accept loop, shutdown; [`run`] is the whole gateway.
 //! - [`config`], [`metrics`], [`clock`]: settings, the Prometheus metrics, time.
+//! - [`memory`]: freed heap memory returned to the system on a timer.
 
 pub mod clock;
 pub mod config;
 pub mod fanout;
 pub mod feed;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -167,6 +167,7 @@ pub async fn run(
         StopOnDrop { feed: Arc::clone(&feed_stop), sessions: gateway.shutdown.clone() };
     let publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
     let feed_thread = spawn_simulator(sim, config.sim_rate, publisher, Arc::clone(&feed_stop));
+    tokio::spawn(crate::memory::return_freed_memory(gateway.shutdown.clone()));
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), rate = config.sim_rate,
         server = %gateway.server_name, "gateway serving the simulated feed"

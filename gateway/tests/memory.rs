@@ -121,13 +121,7 @@ async fn rss_stays_flat_over_millions_of_updates_without_scrapes() {
         let (mut ws, _) = connect_client(gw.addr, ClientOptions::default()).await;
         subscribe(&mut ws, i as u64, &["*"]).await;
         // Reads everything, parses nothing: a client that keeps up, at the least test CPU.
-        readers.push(tokio::spawn(async move {
-            let mut messages = 0u64;
-            while let Some(Ok(_)) = ws.next().await {
-                messages += 1;
-            }
-            messages
-        }));
+        readers.push(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }));
     }
 
     let started = Instant::now();
@@ -168,7 +162,8 @@ async fn rss_stays_flat_over_millions_of_updates_without_scrapes() {
     };
     assert_eq!(value("gateway_sessions_active "), SUBSCRIBERS as f64, "subscribers stayed");
     assert!(value("gateway_feed_updates_total ") >= u1 as f64 - SIM_SYMBOLS as f64);
-    // A symbol updated twice before its shard's fan-out ran is fanned out once.
+    // Fewer passes than updates × shards: a symbol updated twice before its shard's fan-out
+    // ran is fanned out once.
     let passes = value("gateway_fanout_duration_seconds_count ");
     assert!(passes > 0.0, "the fan-out ran");
     for r in readers {
