@@ -6,7 +6,7 @@ export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+.PHONY: run run-tls test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench soak
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -53,6 +53,11 @@ test-prometheus: build-debug
 observe:
 	grafana/observe.sh
 
-## bench: release builds, the benchmark scenarios, docs/benchmarks.md
+## bench: release builds, the benchmark scenarios and the soak, docs/benchmarks.md
 bench:
 	load-tests/bench.sh
+
+## soak: 30 minutes at the standard load with churning sessions, unscraped; RSS slope and
+## RSS after the clients leave, into docs/benchmarks.md (SOAK_MINUTES=N for a shorter run)
+soak:
+	load-tests/soak.sh

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # `make bench`: release builds, then issue 5's scenarios (a)–(f) against a release gateway on
 # loopback, and the results table in docs/benchmarks.md (between its bench:begin/end markers;
-# the rest of that file is hand-written and kept).
+# the rest of that file is hand-written and kept); then issue 14's soak (load-tests/soak.sh,
+# its own soak:begin/end section of the same file).
 #
 # The gateway runs pinned to core 0 with one shard, the tester pinned to core 1, where the
 # machine has two cores and taskset. Every gateway started here is stopped by its PID.
 #
 # Environment:
-#   BENCH_QUICK=1      shorter runs (a smoke test of this script, not figures to publish)
+#   BENCH_QUICK=1      shorter runs (a smoke test of this script, not figures to publish;
+#                      the soak then runs 2 minutes unless SOAK_MINUTES says otherwise)
 #   BENCH_OUT=FILE     write the report there instead of docs/benchmarks.md
 #   CARGO_TARGET_DIR   where the release binaries are built (default: ./target)
 set -euo pipefail
@@ -235,3 +237,10 @@ export B1_R B1_NAME B1_FAIL B5_R B5_NAME B5_FAIL C1_R C5_R
 export PINNED=$([[ ${#GW_PIN[@]} -gt 0 ]] && echo yes || echo no)
 python3 "$ROOT/load-tests/bench_report.py"
 log "done: $OUT (raw JSON reports and logs of every run: $WORK)"
+
+# ---- the soak (issue 14): its own gateway, its own section of the same file -------------------
+if [[ $QUICK == 1 ]]; then
+    export SOAK_MINUTES=${SOAK_MINUTES:-2}
+fi
+log "soak: ${SOAK_MINUTES:-30} minutes at the standard load with churn, unscraped"
+SOAK_OUT=$OUT "$ROOT/load-tests/soak.sh" || log "soak: a target was missed or the run failed (see above)"

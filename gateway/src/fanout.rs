@@ -201,7 +201,7 @@ pub async fn run_shard_fanout(
                 slot.mark();
             }
             if !slots.is_empty() {
-                metrics.record_fanout(started.elapsed());
+                metrics.record_fanout_on(shard, started.elapsed());
             }
         }
         batch.clear();

@@ -21,6 +21,7 @@
 //! - [`access`]: who a request is and which symbols it may see (tokens, JWT, entitlements).
 //! - [`net`]: client bytes below the endpoints: query strings, TLS configuration, PROXY protocol.
 //! - [`config`], [`metrics`], [`clock`]: settings, the Prometheus metrics, time.
+//! - [`memory`]: freed heap memory returned to the system on a timer.
 
 pub mod access;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod fanout;
 pub mod feed;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod server;

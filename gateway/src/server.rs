@@ -168,6 +168,7 @@ pub async fn run(
     let feed_name = feed.name();
     let (feed_done_tx, mut feed_done) = tokio::sync::oneshot::channel();
     let feed_thread = spawn_feed(feed, publisher, feed_stop.clone(), feed_done_tx)?;
+    tokio::spawn(crate::memory::return_freed_memory(gateway.shutdown.clone()));
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), feed = feed_name,
         server = %gateway.server_name, "gateway serving"

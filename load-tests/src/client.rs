@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::ChurnStats;
 use crate::config::Plan;
 use crate::connect::{self, Dial, ReadBuf};
 use crate::frame::{self, Header};
@@ -39,6 +40,8 @@ pub struct WorkerShared {
     pub window: (u64, u64),
     /// Cancelled when the measured window ends: every client closes.
     pub stop: CancellationToken,
+    /// What the churning sessions counted (`--churn`).
+    pub churn: RefCell<ChurnStats>,
 }
 
 /// A seq no message has carried yet.

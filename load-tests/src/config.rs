@@ -69,6 +69,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 0.0)]
     pub stuck_fraction: f64,
 
+    /// Churning sessions beside the clients: each subscribes to `["*"]`, reads for
+    /// `--churn-hold-ms`, closes with 1000 and reconnects, until the run ends. Counted apart,
+    /// never in the latency figures (the soak scenario's session churn).
+    #[arg(long, default_value_t = 0)]
+    pub churn: u64,
+
+    /// How long each churning session stays open, ms.
+    #[arg(long, default_value_t = 2_000)]
+    pub churn_hold_ms: u64,
+
     /// Seconds measured, after the ramp and the warmup.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -175,6 +185,10 @@ pub struct Plan {
     pub connect_timeout_ms: u64,
     pub read_buffer: usize,
     pub rcvbuf: usize,
+    /// Churning `["*"]` sessions this worker runs (worker 0 runs them all), and how long each
+    /// stays open.
+    pub churn: u64,
+    pub churn_hold_ms: u64,
 }
 
 impl Plan {
@@ -236,6 +250,8 @@ mod tests {
             connect_timeout_ms: 1,
             read_buffer: 1,
             rcvbuf: 0,
+            churn: 0,
+            churn_hold_ms: 1,
         }
     }
 

@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::churn::ChurnStats;
 use crate::config::{Cli, Plan, FD_RESERVE, MAX_CLIENTS_PER_SOURCE_ADDR};
 use crate::gateway_metrics;
 use crate::procstat::{self, now_ns};
@@ -93,6 +94,8 @@ pub async fn run(cli: Cli) -> Result<Report> {
             connect_timeout_ms: cli.connect_timeout_ms,
             read_buffer: cli.read_buffer,
             rcvbuf: cli.rcvbuf,
+            churn: if w == 0 { cli.churn } else { 0 },
+            churn_hold_ms: cli.churn_hold_ms,
         });
         first += n;
     }
@@ -187,6 +190,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         window_end,
         workers > 1,
     );
+    printer.churn = cli.churn > 0;
     while reports.iter().any(Option::is_none) {
         match rx.recv().await {
             Some(Event::Worker(w, WorkerEvent::Progress(p))) => {
@@ -219,6 +223,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         open_at_window_start: 0,
         open_at_window_end: 0,
     };
+    let mut churn = ChurnStats::default();
     let mut tester_cpu = 0.0;
     let mut tester_wait = 0.0;
     for r in &reports {
@@ -226,6 +231,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
             m.merge(c);
         }
         merged.connect.merge(&r.connect);
+        churn.merge(&r.churn);
         // Workers peak at about the same time; the sum is an upper bound of the true peak.
         merged.peak_open += r.peak_open;
         merged.open_at_window_start += r.open_at_window_start;
@@ -265,6 +271,8 @@ pub async fn run(cli: Cli) -> Result<Report> {
         duration_s: cli.duration,
         workers,
         source_addrs: source_addrs.iter().flatten().map(|a| a.to_string()).collect(),
+        churn: cli.churn,
+        churn_hold_ms: cli.churn_hold_ms,
     };
     let tester = CpuReport {
         processes: workers + usize::from(workers > 1),
@@ -277,7 +285,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         None => None,
     };
     let cores = cores_task.await.unwrap_or_default();
-    Ok(Report::build(
+    let mut report = Report::build(
         &cli,
         settings,
         started,
@@ -287,7 +295,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
         gateway,
         gateway_metrics,
         cores,
-    ))
+    );
+    report.churn = (cli.churn > 0).then_some(churn);
+    Ok(report)
 }
 
 fn validate(cli: &Cli) -> Result<()> {
@@ -407,6 +417,7 @@ async fn sample_gateway(g: Rc<RefCell<GatewayReport>>, window_start: u64, window
 struct ProgressPrinter {
     quiet: bool,
     clients: u64,
+    churn: bool,
     epoch_ns: u64,
     ramp_end: u64,
     window_start: u64,
@@ -431,6 +442,7 @@ impl ProgressPrinter {
         ProgressPrinter {
             quiet,
             clients,
+            churn: false,
             epoch_ns,
             ramp_end,
             window_start,
@@ -464,6 +476,15 @@ impl ProgressPrinter {
         } else {
             "closing"
         };
+        let churn = if self.churn {
+            format!(
+                "  churn sessions {} failed {}",
+                sum(|p| p.churn_sessions),
+                sum(|p| p.churn_failures)
+            )
+        } else {
+            String::new()
+        };
         let mut gw = String::new();
         if let Some(pid) = gateway_pid {
             let c = procstat::pid_cpu_seconds(pid);
@@ -478,7 +499,7 @@ impl ProgressPrinter {
         if !self.quiet && dt > 0.0 {
             eprintln!(
                 "[{:>6.1}s {:<7}] open {}/{}  fail {}  quotes/s {:.0}  p99 {:.2} ms  viol {}  \
-                 closes {}  errors {}  tester cpu {:.0}%{gw}",
+                 closes {}  errors {}  tester cpu {:.0}%{churn}{gw}",
                 now.saturating_sub(self.epoch_ns) as f64 / 1e9,
                 phase,
                 sum(|p| p.open),

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::churn::ChurnStats;
 use crate::config::Cli;
 use crate::gateway_metrics::GatewayMetrics;
 use crate::stats::{Class, ClassStats, ConnectStats};
@@ -132,6 +133,8 @@ pub struct Settings {
     pub duration_s: f64,
     pub workers: usize,
     pub source_addrs: Vec<String>,
+    pub churn: u64,
+    pub churn_hold_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -205,6 +208,8 @@ pub struct Report {
     pub gateway_metrics: Option<GatewayMetrics>,
     /// Every core's use over the window (`/proc/stat`).
     pub cores: Vec<CoreReport>,
+    /// The churning `["*"]` sessions of `--churn`, over the whole run (absent without it).
+    pub churn: Option<ChurnStats>,
     pub slo: Slo,
 }
 
@@ -290,6 +295,7 @@ impl Report {
             gateway,
             gateway_metrics,
             cores,
+            churn: None,
             slo: Slo { passed, checks },
         }
     }
@@ -359,6 +365,20 @@ impl Report {
                 r.seq_jumps,
                 r.order_violations,
                 r.closes_by_code
+            );
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                s,
+                "  churn     : {} sessions of {} ms ({} at once), {} closed cleanly; {} messages; \
+                 connect failures {:?}; server closes {:?}",
+                c.sessions,
+                st.churn_hold_ms,
+                st.churn,
+                c.clean_closes,
+                c.messages,
+                c.failures_by_reason,
+                c.server_closes_by_code
             );
         }
         let _ = writeln!(

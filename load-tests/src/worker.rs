@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::{self, ChurnStats};
 use crate::client::{self, WorkerShared};
 use crate::config::Plan;
 use crate::procstat::{now_ns, self_cpu_seconds};
@@ -32,6 +33,9 @@ pub struct Progress {
     pub order_violations: u64,
     pub closes: u64,
     pub errors: u64,
+    /// Churning sessions opened so far, and failed attempts.
+    pub churn_sessions: u64,
+    pub churn_failures: u64,
     /// The fast clients' p99 quote age since the previous progress, ns (0: none received).
     pub interval_p99_ns: u64,
     pub cpu_seconds: f64,
@@ -50,6 +54,8 @@ pub struct WorkerReport {
     pub cpu_seconds_window: f64,
     /// Seconds its threads waited for a CPU inside the window (0 where schedstat is missing).
     pub run_queue_wait_seconds_window: f64,
+    /// The churning sessions, over the whole run.
+    pub churn: ChurnStats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,8 +88,15 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
         peak_open: Cell::new(0),
         window: plan.window(),
         stop: CancellationToken::new(),
+        churn: RefCell::new(ChurnStats::default()),
         plan,
     });
+    let churners: Vec<_> = (0..sh.plan.churn)
+        .map(|n| {
+            let sh = sh.clone();
+            tokio::task::spawn_local(async move { churn::run(&sh, n).await })
+        })
+        .collect();
 
     let ramp = tokio::task::spawn_local(ramp(sh.clone()));
     let (window_start, window_end) = sh.window;
@@ -123,7 +136,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     sh.stop.cancel();
     let clients = ramp.await.map_err(|e| anyhow!("ramp task failed: {e}"))?;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        for c in clients {
+        for c in clients.into_iter().chain(churners) {
             let _ = c.await;
         }
     })
@@ -132,6 +145,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     let mut classes = classes;
     classes[Class::Stuck.index()].closes_by_code =
         sh.classes[Class::Stuck.index()].borrow().closes_by_code.clone();
+    let churn = sh.churn.borrow().clone();
     Ok(WorkerReport {
         classes,
         connect,
@@ -140,6 +154,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
         open_at_window_end,
         cpu_seconds_window,
         run_queue_wait_seconds_window,
+        churn,
     })
 }
 
@@ -178,6 +193,8 @@ fn progress(sh: &WorkerShared) -> Progress {
     let mut p = Progress {
         open: sh.open.get(),
         connect_failures: sh.connect.borrow().failures(),
+        churn_sessions: sh.churn.borrow().sessions,
+        churn_failures: sh.churn.borrow().failures_by_reason.values().sum(),
         cpu_seconds: self_cpu_seconds(),
         ..Progress::default()
     };
