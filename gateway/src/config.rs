@@ -11,6 +11,8 @@ use clap::Parser;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Contract default (section 1): the simulator inside the process.
 pub const DEFAULT_FEED: &str = "sim";
+/// Contract default (section 5): the JetStream stream a NATS feed reads.
+pub const DEFAULT_NATS_STREAM: &str = "MD_QUOTES";
 /// At least one message every 5 s lets a dashboard call a feed dead within seconds, at a
 /// negligible cost (a 40-byte frame per idle session every 5 s).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
@@ -72,6 +74,10 @@ pub struct Config {
     /// Quote source: `sim` (the simulator in this process) or a NATS URL (nats://HOST:PORT)
     #[arg(long, env = "GATEWAY_FEED", default_value = DEFAULT_FEED)]
     pub feed: String,
+
+    /// NATS feed: the JetStream stream that keeps the last quote of every symbol
+    #[arg(long, env = "GATEWAY_NATS_STREAM", default_value = DEFAULT_NATS_STREAM)]
+    pub nats_stream: String,
 
     /// Name of this node, announced in `welcome` (default: the host name)
     #[arg(long, env = "GATEWAY_SERVER_ID")]

@@ -24,6 +24,12 @@ pub const REQUEST_ERRORS: &str = "gateway_request_errors_total";
 pub const FEED_UPDATES: &str = "gateway_feed_updates_total";
 pub const FEED_DROPPED: &str = "gateway_feed_dropped_updates_total";
 pub const FEED_STALENESS: &str = "gateway_feed_staleness_seconds";
+pub const FEED_DUPLICATES: &str = "gateway_feed_duplicate_updates_total";
+pub const FEED_MALFORMED: &str = "gateway_feed_malformed_messages_total";
+pub const FEED_LAG: &str = "gateway_feed_lag_seconds";
+pub const FEED_CONNECTED: &str = "gateway_feed_connected";
+pub const FEED_LIVE: &str = "gateway_feed_live";
+pub const FEED_RECONNECTS: &str = "gateway_feed_reconnects_total";
 pub const SYMBOLS: &str = "gateway_symbols";
 pub const MESSAGES_SENT: &str = "gateway_messages_sent_total";
 pub const BYTES_SENT: &str = "gateway_sent_bytes_total";
@@ -149,6 +155,29 @@ impl OpLabel {
     }
 }
 
+/// Why a feed message was not an update, the `reason` label of [`FEED_MALFORMED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedReason {
+    /// The payload did not decode as a quote (too large, not JSON, a missing or ill-typed field).
+    Payload,
+    /// The symbol is not a valid symbol name.
+    Symbol,
+    /// A price has more decimals than the symbol's precision (it cannot be written exactly).
+    Precision,
+}
+
+impl MalformedReason {
+    pub const ALL: [MalformedReason; 3] =
+        [MalformedReason::Payload, MalformedReason::Symbol, MalformedReason::Precision];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MalformedReason::Payload => "payload",
+            MalformedReason::Symbol => "symbol",
+            MalformedReason::Precision => "precision",
+        }
+    }
+}
+
 /// Handshake refusal statuses, the `status` label of [`HANDSHAKE_REJECTIONS`].
 pub const REJECTION_STATUSES: [u16; 4] = [401, 403, 426, 503];
 
@@ -209,6 +238,15 @@ pub struct Metrics {
     request_errors: Vec<Counter>,
     pub feed_updates: Counter,
     feed_dropped: Counter,
+    feed_duplicates: Counter,
+    feed_malformed: Vec<Counter>,
+    feed_reconnects: Counter,
+    /// Gateway receive time minus the quote's `ts`, recorded by the feed's thread only.
+    feed_lag: AtomicHistogram,
+    /// The feed's name (`sim`, `nats`, ...), the `feed` label of the feed gauges.
+    feed_name: parking_lot::Mutex<&'static str>,
+    feed_connected: AtomicU64,
+    feed_live: AtomicU64,
     messages_sent: Vec<Counter>,
     bytes_sent: Vec<Counter>,
     conflated: Counter,
@@ -256,6 +294,21 @@ impl Metrics {
             None,
             "Updates from the feed dropped because their seq was not above the stored one",
         );
+        describe(
+            FEED_DUPLICATES,
+            None,
+            "The same update received twice: a NATS redelivery (dropped by stream sequence), or a seq equal to the stored one (also in the dropped count)",
+        );
+        describe(
+            FEED_MALFORMED,
+            None,
+            "Feed messages dropped because they are not a usable quote, by reason",
+        );
+        describe(
+            FEED_RECONNECTS,
+            None,
+            "Times the feed's upstream connection came back after being lost",
+        );
         describe(MESSAGES_SENT, None, "Messages written to sessions, by type");
         describe(
             BYTES_SENT,
@@ -299,6 +352,17 @@ impl Metrics {
             ),
             feed_updates: counter(FEED_UPDATES, &[]),
             feed_dropped: counter(FEED_DROPPED, &[]),
+            feed_duplicates: counter(FEED_DUPLICATES, &[]),
+            feed_malformed: by(
+                FEED_MALFORMED,
+                "reason",
+                MalformedReason::ALL.iter().map(|r| r.as_str().into()).collect(),
+            ),
+            feed_reconnects: counter(FEED_RECONNECTS, &[]),
+            feed_lag: AtomicHistogram::default(),
+            feed_name: parking_lot::Mutex::new("none"),
+            feed_connected: AtomicU64::new(0),
+            feed_live: AtomicU64::new(0),
             messages_sent: by(
                 MESSAGES_SENT,
                 "type",
@@ -338,6 +402,41 @@ impl Metrics {
     /// An update from the feed dropped (stale `seq` or unknown symbol).
     pub fn feed_update_dropped(&self) {
         self.feed_dropped.increment(1);
+    }
+
+    /// An update whose `seq` equals the stored one (counted in the dropped updates too).
+    pub fn feed_duplicate(&self) {
+        self.feed_duplicates.increment(1);
+    }
+
+    /// A feed message that is not a usable quote.
+    pub fn feed_malformed(&self, reason: MalformedReason) {
+        self.feed_malformed[reason as usize].increment(1);
+    }
+
+    /// The feed's upstream connection came back.
+    pub fn feed_reconnected(&self) {
+        self.feed_reconnects.increment(1);
+    }
+
+    /// Records gateway receive time minus the quote's `ts` (0 when the feed's clock is ahead).
+    pub fn record_feed_lag(&self, received_ns: u64, ts: u64) {
+        self.feed_lag.record_ns(received_ns.saturating_sub(ts));
+    }
+
+    /// Names the feed, for the `feed` label of the feed gauges.
+    pub fn set_feed_name(&self, name: &'static str) {
+        *self.feed_name.lock() = name;
+    }
+
+    /// Whether the feed's upstream connection is up (the simulator's always is).
+    pub fn set_feed_connected(&self, connected: bool) {
+        self.feed_connected.store(u64::from(connected), Ordering::Relaxed);
+    }
+
+    /// Whether the feed is connected and loaded (what `/readyz` requires besides freshness).
+    pub fn set_feed_live(&self, live: bool) {
+        self.feed_live.store(u64::from(live), Ordering::Relaxed);
     }
 
     pub fn request(&self, op: OpLabel) {
@@ -406,7 +505,29 @@ impl Metrics {
             "Most updates one session had waiting at once since the last scrape",
             self.pending_max.swap(0, Ordering::Relaxed) as f64,
         );
-        self.render_quote_age(&mut out);
+        let feed = *self.feed_name.lock();
+        let _ = writeln!(
+            out,
+            "# HELP {FEED_CONNECTED} 1 while the feed's upstream connection (NATS) is up, else 0\n# TYPE {FEED_CONNECTED} gauge\n{FEED_CONNECTED}{{feed=\"{feed}\"}} {}",
+            self.feed_connected.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {FEED_LIVE} 1 while the feed is connected and its initial load is done, else 0\n# TYPE {FEED_LIVE} gauge\n{FEED_LIVE}{{feed=\"{feed}\"}} {}",
+            self.feed_live.load(Ordering::Relaxed)
+        );
+        render_histogram(
+            &mut out,
+            QUOTE_AGE,
+            "Age of a quote (now minus its ts) when written to a session's socket",
+            &self.quote_age,
+        );
+        render_histogram(
+            &mut out,
+            FEED_LAG,
+            "Gateway receive time minus the quote's ts, per update from the feed (clock skew included)",
+            std::slice::from_ref(&self.feed_lag),
+        );
         render_process(&mut out);
         let _ = writeln!(
             out,
@@ -415,30 +536,28 @@ impl Metrics {
         );
         out
     }
+}
 
-    fn render_quote_age(&self, out: &mut String) {
-        let mut counts = [0u64; LATENCY_BUCKETS.len() + 1];
-        let mut sum_ns = 0u64;
-        for h in &self.quote_age {
-            for (c, a) in counts.iter_mut().zip(&h.counts) {
-                *c += a.load(Ordering::Relaxed);
-            }
-            sum_ns += h.sum_ns.load(Ordering::Relaxed);
+/// A histogram of atomics (summed over its parts) in the Prometheus text form.
+fn render_histogram(out: &mut String, name: &str, help: &str, parts: &[AtomicHistogram]) {
+    let mut counts = [0u64; LATENCY_BUCKETS.len() + 1];
+    let mut sum_ns = 0u64;
+    for h in parts {
+        for (c, a) in counts.iter_mut().zip(&h.counts) {
+            *c += a.load(Ordering::Relaxed);
         }
-        let _ = writeln!(
-            out,
-            "# HELP {QUOTE_AGE} Age of a quote (now minus its ts) when written to a session's socket\n# TYPE {QUOTE_AGE} histogram"
-        );
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += counts[i];
-            let _ = writeln!(out, "{QUOTE_AGE}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += counts[LATENCY_BUCKETS.len()];
-        let _ = writeln!(out, "{QUOTE_AGE}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{QUOTE_AGE}_sum {}", sum_ns as f64 * 1e-9);
-        let _ = writeln!(out, "{QUOTE_AGE}_count {cumulative}");
+        sum_ns += h.sum_ns.load(Ordering::Relaxed);
     }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += counts[i];
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += counts[LATENCY_BUCKETS.len()];
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 * 1e-9);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 /// Process metrics of the standard names, read from `/proc` at scrape time.
