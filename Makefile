@@ -3,16 +3,21 @@
 CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
+export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
-.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+.PHONY: run cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
 	$(CARGO) build --release -p gateway
 	$(TARGET_DIR)/release/gateway
 
+## cluster: nats-server (JetStream), feed-sim, two gateways and HAProxy on loopback; Ctrl-C stops all
+cluster:
+	deploy/cluster.sh
+
 ## test: install what the tests need, lint, then every test suite
-test: setup lint test-rust test-examples test-browser test-prometheus
+test: setup lint test-rust test-examples test-browser test-prometheus test-cluster
 	@echo "make test: all suites passed"
 
 setup:
@@ -27,6 +32,11 @@ test-rust:
 
 build-debug:
 	$(CARGO) build -p gateway
+
+## nats-server, feed-sim, gateways and HAProxy as processes: contract section 5
+test-cluster:
+	$(CARGO) build -p gateway -p feed-sim
+	python3 deploy/tests/cluster_test.py
 
 ## example clients (Python, Node) against a real gateway
 test-examples: build-debug

@@ -1,11 +1,17 @@
 //! The NATS feed (contract section 5): the last quote of every symbol from a JetStream stream,
 //! then every update as it is published, with no gap and no duplicate between the two.
 //!
-//! How: one ordered push consumer on `md.quote.>` that starts with "the last message of every
-//! subject" and then goes on with new messages. JetStream delivers in stream order and the
-//! client checks each delivery's sequence, recreating the consumer from the next stream
-//! sequence after a gap or a reconnect; so the load and the live follow are one sequence, with
-//! nothing between them. A message whose `pending` count is 0 marks the load as done.
+//! How: subscribe to `md.quote.>` first (plain NATS, flushed so that the server has it), then
+//! load the stream: read its last sequence L, and the last message of every subject up to L
+//! (an ordered consumer with "last per subject"). Every update published after the
+//! subscription is in the subscription; every one before L is in the load (the last of its
+//! symbol); so nothing falls between. Where they overlap, a live update at or below the `seq`
+//! the load stored for its symbol is skipped and counted as a duplicate. After a lost
+//! connection the client restores the subscription and the load is done again.
+//!
+//! Why not follow the stream itself: it keeps one message per subject, and a JetStream
+//! consumer skips a message the stream replaced before the consumer got to it, which drops
+//! updates of busy symbols; the plain subscription gets every one, one hop sooner.
 //!
 //! `epoch` is derived from the stream's name and creation time, which every gateway reads the
 //! same. If the stream is recreated (its `seq` values may start again) the feed fails, so the
@@ -31,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Feed, FeedError, FeedRun, Published, Publisher};
 use crate::config::Config;
 use crate::metrics::MalformedReason;
+use crate::store::SymbolId;
 
 /// The subjects quotes are published on (contract section 5).
 pub const SUBJECTS: &str = "md.quote.>";
@@ -43,12 +50,16 @@ const RECONNECT_DELAY_FIRST: Duration = Duration::from_millis(50);
 /// A JetStream API request (stream info, consumer creation) that takes longer has failed:
 /// on a healthy server it takes well under a millisecond.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest load of the stream's last quotes: 500 symbols take milliseconds, a million a few
+/// seconds; past this the load is retried.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Between attempts to find the stream and create the consumer.
 const RETRY_DELAY: Duration = Duration::from_millis(250);
 /// How often the stream's identity is checked (a recreated stream is a new epoch).
 const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-/// Messages the NATS client buffers for the consumer before it drops them and reports a slow
-/// consumer: 64k is half a minute at the default rate, and ~15 MiB at most.
+/// Messages the NATS client buffers for the live subscription (while the stream loads, or
+/// while the feed thread is busy) before it drops them and reports a slow consumer: 64k is
+/// half a minute at the default rate, ~15 MiB at most.
 const SUBSCRIPTION_CAPACITY: usize = 65_536;
 /// Messages handled between two wake-ups of the shards: bounds the delay a burst (the initial
 /// load) adds to the first of its updates.
@@ -142,12 +153,12 @@ impl Feed for NatsFeed {
                 ever_connected: false,
                 loaded: false,
                 created: None,
-                last_stream_seq: 0,
+                load_seq: Vec::new(),
                 malformed_since_log: 0,
                 malformed_logged: None,
             };
-            let js = jetstream::new(client);
-            let result = follower.run(&js).await;
+            let js = jetstream::new(client.clone());
+            let result = follower.run(&client, &js).await;
             follower.publisher.set_live(false);
             follower.publisher.set_connected(false);
             result
@@ -167,10 +178,11 @@ enum Step<T> {
     Done(T),
 }
 
-/// How a subscription ended.
+/// How following the live subjects ended.
 enum Ended {
     Stopped,
-    Resubscribe,
+    /// The connection came back: messages may have been missed meanwhile, load again.
+    Reload,
 }
 
 struct Follower {
@@ -181,23 +193,41 @@ struct Follower {
     stream: String,
     connected: bool,
     ever_connected: bool,
-    /// The last quote of every symbol has been loaded.
+    /// The last quote of every symbol has been loaded since the last (re)connection.
     loaded: bool,
     /// The stream's creation time (ns since the Unix epoch), once known.
     created: Option<i128>,
-    /// The stream sequence of the last message handled: a new consumer starts after it.
-    last_stream_seq: u64,
+    /// Per symbol id, the highest `seq` the last load stored: a live message at or below it
+    /// arrived both ways (the overlap of subscription and load) and is skipped, not dropped.
+    load_seq: Vec<u64>,
     malformed_since_log: u64,
     malformed_logged: Option<Instant>,
 }
 
 impl Follower {
-    async fn run(&mut self, js: &Context) -> Result<(), FeedError> {
+    /// Subscribe to the live subjects first, then load the stream: every update published
+    /// after the subscription reached the server is in the subscription, every one before it
+    /// is in the stream (its last per symbol), so nothing falls between. After a reconnection
+    /// the subscription is restored by the client and the load is done again.
+    async fn run(&mut self, client: &async_nats::Client, js: &Context) -> Result<(), FeedError> {
+        let mut live = loop {
+            match client.subscribe(SUBJECTS).await {
+                Ok(subscriber) => break subscriber,
+                Err(e) => {
+                    tracing::warn!(url = %self.url, error = %e, "cannot subscribe to {SUBJECTS} yet; retrying");
+                    if self.wait(tokio::time::sleep(RETRY_DELAY)).await.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+        };
         loop {
-            let Some(messages) = self.subscribe(js).await? else { return Ok(()) };
-            match self.follow(messages, js).await? {
+            if !self.load(client, js).await? {
+                return Ok(());
+            }
+            match self.follow(&mut live, js).await? {
                 Ended::Stopped => return Ok(()),
-                Ended::Resubscribe => continue,
+                Ended::Reload => continue,
             }
         }
     }
@@ -214,18 +244,23 @@ impl Follower {
             };
             match step {
                 Step::Stopped => return None,
-                Step::Event(event) => self.on_event(event),
+                Step::Event(event) => {
+                    self.on_event(event);
+                }
                 Step::Done(out) => return Some(out),
             }
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    /// Handles a connection event; `true` when the connection came back after a loss.
+    fn on_event(&mut self, event: Event) -> bool {
+        let mut back = false;
         match event {
             Event::Connected => {
                 if self.ever_connected && !self.connected {
                     self.publisher.metrics().feed_reconnected();
-                    tracing::info!(url = %self.url, "NATS connection is back: resuming the stream after sequence {}", self.last_stream_seq);
+                    tracing::info!(url = %self.url, "NATS connection is back: loading the stream again, then following live");
+                    back = true;
                 } else if !self.ever_connected {
                     tracing::info!(url = %self.url, "connected to NATS");
                 }
@@ -238,6 +273,7 @@ impl Follower {
                     tracing::warn!(url = %self.url, "lost the NATS connection: serving the last snapshots, /readyz answers 503 until it is back; reconnecting");
                 }
                 self.connected = false;
+                self.loaded = false;
                 self.publisher.set_connected(false);
             }
             Event::SlowConsumer(_) => tracing::warn!(
@@ -253,37 +289,70 @@ impl Follower {
             other => tracing::info!(url = %self.url, event = %other, "NATS connection event"),
         }
         self.update_live();
+        back
     }
 
     fn update_live(&mut self) {
         self.publisher.set_live(self.connected && self.loaded);
     }
 
-    /// Finds the stream and creates the consumer, retrying until it works or the feed stops.
-    async fn subscribe(&mut self, js: &Context) -> Result<Option<Ordered>, FeedError> {
+    /// Loads the last quote of every symbol from the stream, retrying until it is done (`true`)
+    /// or the feed stops (`false`). The live subscription buffers meanwhile.
+    async fn load(&mut self, client: &async_nats::Client, js: &Context) -> Result<bool, FeedError> {
         let mut failures: u32 = 0;
         loop {
-            let attempt = attempt_subscribe(js.clone(), self.stream.clone(), self.last_stream_seq);
-            let Some(result) = self.wait(attempt).await else { return Ok(None) };
+            let attempt = load_once(client.clone(), js.clone(), self.stream.clone());
+            let Some(result) = self.wait(attempt).await else { return Ok(false) };
             match result {
-                Ok((created, messages, pending)) => {
+                Ok((created, messages)) => {
                     self.note_created(created)?;
-                    if failures > 0 {
-                        tracing::info!(stream = %self.stream, "found the stream: following it");
+                    self.load_seq.clear();
+                    let (mut stored, mut last_stream_seq) = (0, 0);
+                    for message in &messages {
+                        // nats-server 2.9 repeats a few deliveries while it switches from the
+                        // last message of every subject to new ones: once each is enough.
+                        if let Ok(info) = message.info() {
+                            if info.stream_sequence <= last_stream_seq {
+                                continue;
+                            }
+                            last_stream_seq = info.stream_sequence;
+                        }
+                        // Live got here first (a reload after a reconnection): not an error.
+                        if self.superseded(&message.payload) {
+                            self.publisher.metrics().feed_duplicate();
+                            continue;
+                        }
+                        if let Some((id, Published::Stored)) =
+                            self.publish(&message.payload, message.subject.as_str())
+                        {
+                            stored += 1;
+                            let seq = self.publisher.stored_seq(id).unwrap_or(0);
+                            let slot = id as usize;
+                            if self.load_seq.len() <= slot {
+                                self.load_seq.resize(slot + 1, 0);
+                            }
+                            self.load_seq[slot] = seq;
+                        }
                     }
-                    if pending == 0 && !self.loaded {
-                        self.mark_loaded();
-                    }
-                    return Ok(Some(messages));
+                    self.publisher.flush();
+                    self.loaded = true;
+                    tracing::info!(
+                        stream = %self.stream,
+                        symbols = self.publisher.store().table().len(),
+                        updated = stored,
+                        "loaded the last quote of every symbol: following live"
+                    );
+                    self.update_live();
+                    return Ok(true);
                 }
                 Err(why) => {
                     // The first failure and then one in 20 (every ~5 s): enough to see why.
                     if failures.is_multiple_of(20) {
-                        tracing::warn!(url = %self.url, stream = %self.stream, "cannot follow the stream yet ({why}); retrying every {} ms. Is the feed running (feed-sim --nats {})?", RETRY_DELAY.as_millis(), self.url);
+                        tracing::warn!(url = %self.url, stream = %self.stream, "cannot load the stream yet ({why}); retrying every {} ms. Is the feed running (feed-sim --nats {})?", RETRY_DELAY.as_millis(), self.url);
                     }
                     failures = failures.saturating_add(1);
                     if self.wait(tokio::time::sleep(RETRY_DELAY)).await.is_none() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                 }
             }
@@ -309,25 +378,19 @@ impl Follower {
         }
     }
 
-    fn mark_loaded(&mut self) {
-        self.loaded = true;
-        tracing::info!(
-            stream = %self.stream,
-            symbols = self.publisher.store().table().len(),
-            "loaded the last quote of every symbol: following live"
-        );
-        self.update_live();
-    }
-
-    /// Handles the consumer's messages until it ends, fails, or the feed stops.
-    async fn follow(&mut self, mut messages: Ordered, js: &Context) -> Result<Ended, FeedError> {
+    /// Handles live messages until the feed stops or the connection comes back after a loss.
+    async fn follow(
+        &mut self,
+        live: &mut async_nats::Subscriber,
+        js: &Context,
+    ) -> Result<Ended, FeedError> {
         let (check_tx, mut check_rx) = mpsc::channel::<Result<Option<i128>, String>>(1);
         let mut check = tokio::time::interval(STREAM_CHECK_INTERVAL);
         check.reset();
         loop {
             let step = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => return Ok(Ended::Stopped),
+                () = self.stop.cancelled() => Step::Stopped,
                 Some(event) = self.events.recv() => Step::Event(event),
                 Some(checked) = check_rx.recv() => {
                     self.on_stream_check(checked)?;
@@ -342,35 +405,27 @@ impl Follower {
                     }
                     continue;
                 }
-                next = messages.next() => Step::Done(next),
+                next = live.next() => Step::Done(next),
             };
-            let next = match step {
+            let first = match step {
                 Step::Stopped => return Ok(Ended::Stopped),
                 Step::Event(event) => {
-                    self.on_event(event);
+                    if self.on_event(event) {
+                        return Ok(Ended::Reload);
+                    }
                     continue;
                 }
-                Step::Done(next) => next,
-            };
-            let mut next = Some(next);
-            let mut handled = 0;
-            while let Some(item) = next.take() {
-                match item {
-                    Some(Ok(message)) => self.handle(&message),
-                    Some(Err(e)) => {
-                        self.publisher.flush();
-                        tracing::warn!(stream = %self.stream, error = %e, "the NATS consumer failed; subscribing again after stream sequence {}", self.last_stream_seq);
-                        return Ok(Ended::Resubscribe);
-                    }
-                    None => {
-                        self.publisher.flush();
-                        tracing::warn!(stream = %self.stream, "the NATS subscription ended; subscribing again after stream sequence {}", self.last_stream_seq);
-                        return Ok(Ended::Resubscribe);
-                    }
+                Step::Done(Some(message)) => message,
+                // The client was closed: nothing more will come.
+                Step::Done(None) => {
+                    return Err(FeedError::Failed("the NATS client closed the subscription".into()))
                 }
-                handled += 1;
-                if handled < MAX_BATCH {
-                    next = messages.next().now_or_never();
+            };
+            self.handle_live(&first);
+            for _ in 1..MAX_BATCH {
+                match live.next().now_or_never() {
+                    Some(Some(message)) => self.handle_live(&message),
+                    _ => break,
                 }
             }
             self.publisher.flush();
@@ -391,31 +446,37 @@ impl Follower {
         }
     }
 
-    /// One message: decoded, checked, stored (the publisher drops a stale `seq` and counts it).
-    fn handle(&mut self, message: &jetstream::Message) {
-        let mut caught_up = false;
-        if let Ok(info) = message.info() {
-            // Deliveries come in stream order; one at or below the last handled is the same
-            // message again (nats-server 2.9 repeats a few while it switches from the last
-            // message of every subject to new ones). Counted, never stored twice.
-            if info.stream_sequence <= self.last_stream_seq {
-                self.publisher.metrics().feed_duplicate();
-                return;
+    /// Whether `payload` is a quote whose `seq` is not above the one stored for its symbol.
+    fn superseded(&self, payload: &[u8]) -> bool {
+        let Ok(decoded) = proto::decode_payload(payload) else { return false };
+        let id = self.publisher.store().table().get(&decoded.symbol).map(|e| e.id);
+        id.and_then(|id| self.publisher.stored_seq(id)).is_some_and(|s| decoded.quote.seq <= s)
+    }
+
+    /// One live message. One at or below what the last load stored for its symbol came both
+    /// ways (subscription and load): skipped and counted as a duplicate. Any other `seq` not
+    /// above the stored one is dropped and counted by the publisher.
+    fn handle_live(&mut self, message: &async_nats::Message) {
+        let payload = &message.payload;
+        if let Ok(decoded) = proto::decode_payload(payload) {
+            let id = self.publisher.store().table().get(&decoded.symbol).map(|e| e.id);
+            if let Some(id) = id {
+                let loaded = self.load_seq.get(id as usize).copied().unwrap_or(0);
+                if decoded.quote.seq <= loaded
+                    && self.publisher.stored_seq(id).is_some_and(|s| decoded.quote.seq <= s)
+                {
+                    self.publisher.metrics().feed_duplicate();
+                    return;
+                }
             }
-            self.last_stream_seq = info.stream_sequence;
-            caught_up = info.pending == 0;
         }
-        if self.publish(&message.payload, message.subject.as_str()) == Some(Published::Stale) {
-            tracing::debug!(subject = %message.subject, stream_seq = self.last_stream_seq, "dropped an update whose seq is not above the stored one");
-        }
-        if caught_up && !self.loaded {
-            self.publisher.flush();
-            self.mark_loaded();
+        if let Some((_, Published::Stale)) = self.publish(payload, message.subject.as_str()) {
+            tracing::debug!(subject = %message.subject, "dropped an update whose seq is not above the stored one");
         }
     }
 
     /// Decodes and publishes one payload; `None` if it was malformed (counted).
-    fn publish(&mut self, payload: &[u8], subject: &str) -> Option<Published> {
+    fn publish(&mut self, payload: &[u8], subject: &str) -> Option<(SymbolId, Published)> {
         let decoded = match proto::decode_payload(payload) {
             Ok(decoded) => decoded,
             Err(why) => {
@@ -447,7 +508,7 @@ impl Follower {
                 }
             }
         }
-        Some(self.publisher.publish(id, quote))
+        Some((id, self.publisher.publish(id, quote)))
     }
 
     fn malformed(&mut self, reason: MalformedReason, subject: &str, why: &str) {
@@ -468,28 +529,61 @@ impl Follower {
     }
 }
 
-/// Looks the stream up and creates the consumer: from the last message of every subject on the
-/// first attempt, after `after_seq` on later ones. Returns the stream's creation time, the
-/// messages and how many the consumer has pending.
+/// One load: makes sure the live subscription has reached the server (a flush), then reads
+/// the stream's last sequence L and the last message of every subject up to L. Everything
+/// after L is in the live subscription, so the load ends at the first delivery at or past L
+/// (deliveries come in stream order). Returns the stream's creation time and the messages.
+async fn load_once(
+    client: async_nats::Client,
+    js: Context,
+    stream: String,
+) -> Result<(i128, Vec<jetstream::Message>), String> {
+    tokio::time::timeout(REQUEST_TIMEOUT, client.flush())
+        .await
+        .map_err(|_| "no answer from NATS".to_string())?
+        .map_err(|e| format!("flushing the subscription: {e}"))?;
+    let (created, last_seq, mut consumer, pending) = attempt_subscribe(js, stream).await?;
+    let mut messages = Vec::new();
+    if pending == 0 || last_seq == 0 {
+        return Ok((created, messages));
+    }
+    let read = async {
+        while let Some(message) = consumer.next().await {
+            let message = message.map_err(|e| format!("reading the stream: {e}"))?;
+            let done = message
+                .info()
+                .map(|i| i.stream_sequence >= last_seq || i.pending == 0)
+                .unwrap_or(false);
+            messages.push(message);
+            if done {
+                return Ok(());
+            }
+        }
+        Err("the stream's consumer ended".to_string())
+    };
+    tokio::time::timeout(LOAD_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("the load took over {} s", LOAD_TIMEOUT.as_secs()))??;
+    Ok((created, messages))
+}
+
+/// Looks the stream up and creates a consumer of the last message of every subject and what
+/// follows. Returns the stream's creation time and last sequence, the messages and how many
+/// the consumer has pending.
 async fn attempt_subscribe(
     js: Context,
     stream: String,
-    after_seq: u64,
-) -> Result<(i128, Ordered, u64), String> {
+) -> Result<(i128, u64, Ordered, u64), String> {
     let stream = tokio::time::timeout(REQUEST_TIMEOUT, js.get_stream(&stream))
         .await
         .map_err(|_| "no answer from JetStream".to_string())?
         .map_err(|e| format!("stream {stream}: {e}"))?;
     let created = stream.cached_info().created.unix_timestamp_nanos();
-    let deliver_policy = if after_seq == 0 {
-        DeliverPolicy::LastPerSubject
-    } else {
-        DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 }
-    };
+    let last_seq = stream.cached_info().state.last_sequence;
     let config = OrderedConfig {
         deliver_subject: js.client().new_inbox(),
         filter_subject: SUBJECTS.to_string(),
-        deliver_policy,
+        deliver_policy: DeliverPolicy::LastPerSubject,
         ..OrderedConfig::default()
     };
     let consumer = tokio::time::timeout(REQUEST_TIMEOUT, stream.create_consumer(config))
@@ -498,7 +592,7 @@ async fn attempt_subscribe(
         .map_err(|e| format!("creating a consumer: {e}"))?;
     let pending = consumer.cached_info().num_pending;
     let messages = consumer.messages().await.map_err(|e| format!("subscribing: {e}"))?;
-    Ok((created, messages, pending))
+    Ok((created, last_seq, messages, pending))
 }
 
 /// The stream's creation time; `None` if it does not exist.
