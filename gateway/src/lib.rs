@@ -5,7 +5,7 @@
 //! ```text
 //! feed ──> store ──> fanout ──────────> session::writer ──> socket
 //! (sim,    (latest   (per shard: mark    (one per session:
-//!  nats)     quote,    each subscriber's   take marks, send
+//!  nats)    quote,    each subscriber's   take marks, send
 //!           encoded   slot dirty, wake    frames, flush once)
 //!           once)     its writer)
 //!                                         session::reader <── socket

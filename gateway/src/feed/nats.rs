@@ -628,8 +628,29 @@ mod tests {
     fn reconnect_delays_double_up_to_the_cap() {
         assert_eq!(reconnect_delay(0), Duration::from_millis(50));
         assert_eq!(reconnect_delay(1), Duration::from_millis(100));
-        assert_eq!(reconnect_delay(5), RECONNECT_DELAY_MAX);
+        assert_eq!(reconnect_delay(5), Duration::from_millis(1600));
+        assert_eq!(reconnect_delay(6), RECONNECT_DELAY_MAX);
         assert_eq!(reconnect_delay(usize::MAX), RECONNECT_DELAY_MAX);
+    }
+
+    #[test]
+    fn the_feed_flags_are_checked_before_anything_is_served() {
+        let config = |feed: &str, stream: &str| {
+            <Config as clap::Parser>::parse_from([
+                "gateway",
+                "--feed",
+                feed,
+                "--nats-stream",
+                stream,
+            ])
+        };
+        assert!(NatsFeed::from_config(&config("nats://127.0.0.1:4222", "MD_QUOTES")).is_ok());
+        for (feed, stream) in
+            [("nats://", "MD_QUOTES"), ("nats://h:1/x", "MD_QUOTES"), ("nats://h:1", "MD.QUOTES")]
+        {
+            let err = NatsFeed::from_config(&config(feed, stream)).err().expect(feed);
+            assert!(matches!(err, FeedError::Config(_)), "{feed} {stream}: {err}");
+        }
     }
 
     #[test]
