@@ -31,6 +31,7 @@ use async_nats::jetstream::{self, Context};
 use async_nats::Event;
 use futures_util::{FutureExt as _, StreamExt as _};
 use proto::payload::rescale;
+use proto::PayloadQuote;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -152,6 +153,7 @@ impl Feed for NatsFeed {
                 connected: false,
                 ever_connected: false,
                 loaded: false,
+                reconnections: 0,
                 created: None,
                 load_seq: Vec::new(),
                 malformed_since_log: 0,
@@ -195,6 +197,9 @@ struct Follower {
     ever_connected: bool,
     /// The last quote of every symbol has been loaded since the last (re)connection.
     loaded: bool,
+    /// Times the connection came back after a loss: a load during which it changed may have
+    /// missed updates, and is done again.
+    reconnections: u64,
     /// The stream's creation time (ns since the Unix epoch), once known.
     created: Option<i128>,
     /// Per symbol id, the highest `seq` the last load stored: a live message at or below it
@@ -261,6 +266,7 @@ impl Follower {
                     self.publisher.metrics().feed_reconnected();
                     tracing::info!(url = %self.url, "NATS connection is back: loading the stream again, then following live");
                     back = true;
+                    self.reconnections += 1;
                 } else if !self.ever_connected {
                     tracing::info!(url = %self.url, "connected to NATS");
                 }
@@ -301,9 +307,13 @@ impl Follower {
     async fn load(&mut self, client: &async_nats::Client, js: &Context) -> Result<bool, FeedError> {
         let mut failures: u32 = 0;
         loop {
+            let reconnections = self.reconnections;
             let attempt = load_once(client.clone(), js.clone(), self.stream.clone());
             let Some(result) = self.wait(attempt).await else { return Ok(false) };
             match result {
+                Ok(_) if self.reconnections != reconnections => {
+                    tracing::info!(stream = %self.stream, "the connection was lost during the load: loading again");
+                }
                 Ok((created, messages)) => {
                     self.note_created(created)?;
                     self.load_seq.clear();
@@ -317,13 +327,16 @@ impl Follower {
                             }
                             last_stream_seq = info.stream_sequence;
                         }
+                        let Some(decoded) = self.decode(&message.payload, &message.subject) else {
+                            continue;
+                        };
                         // Live got here first (a reload after a reconnection): not an error.
-                        if self.superseded(&message.payload) {
+                        if self.stored_at_or_above(&decoded) {
                             self.publisher.metrics().feed_duplicate();
                             continue;
                         }
                         if let Some((id, Published::Stored)) =
-                            self.publish(&message.payload, message.subject.as_str())
+                            self.publish(decoded, &message.subject)
                         {
                             stored += 1;
                             let seq = self.publisher.stored_seq(id).unwrap_or(0);
@@ -446,9 +459,8 @@ impl Follower {
         }
     }
 
-    /// Whether `payload` is a quote whose `seq` is not above the one stored for its symbol.
-    fn superseded(&self, payload: &[u8]) -> bool {
-        let Ok(decoded) = proto::decode_payload(payload) else { return false };
+    /// Whether the store already holds this symbol at or above the quote's `seq`.
+    fn stored_at_or_above(&self, decoded: &PayloadQuote<'_>) -> bool {
         let id = self.publisher.store().table().get(&decoded.symbol).map(|e| e.id);
         id.and_then(|id| self.publisher.stored_seq(id)).is_some_and(|s| decoded.quote.seq <= s)
     }
@@ -457,33 +469,38 @@ impl Follower {
     /// ways (subscription and load): skipped and counted as a duplicate. Any other `seq` not
     /// above the stored one is dropped and counted by the publisher.
     fn handle_live(&mut self, message: &async_nats::Message) {
-        let payload = &message.payload;
-        if let Ok(decoded) = proto::decode_payload(payload) {
-            let id = self.publisher.store().table().get(&decoded.symbol).map(|e| e.id);
-            if let Some(id) = id {
-                let loaded = self.load_seq.get(id as usize).copied().unwrap_or(0);
-                if decoded.quote.seq <= loaded
-                    && self.publisher.stored_seq(id).is_some_and(|s| decoded.quote.seq <= s)
-                {
-                    self.publisher.metrics().feed_duplicate();
-                    return;
-                }
+        let Some(decoded) = self.decode(&message.payload, &message.subject) else { return };
+        let id = self.publisher.store().table().get(&decoded.symbol).map(|e| e.id);
+        if let Some(id) = id {
+            let loaded = self.load_seq.get(id as usize).copied().unwrap_or(0);
+            if decoded.quote.seq <= loaded && self.stored_at_or_above(&decoded) {
+                self.publisher.metrics().feed_duplicate();
+                return;
             }
         }
-        if let Some((_, Published::Stale)) = self.publish(payload, message.subject.as_str()) {
+        if let Some((_, Published::Stale)) = self.publish(decoded, &message.subject) {
             tracing::debug!(subject = %message.subject, "dropped an update whose seq is not above the stored one");
         }
     }
 
-    /// Decodes and publishes one payload; `None` if it was malformed (counted).
-    fn publish(&mut self, payload: &[u8], subject: &str) -> Option<(SymbolId, Published)> {
-        let decoded = match proto::decode_payload(payload) {
-            Ok(decoded) => decoded,
+    /// Decodes a payload; `None` (counted, logged) if it is not a quote.
+    fn decode<'a>(&mut self, payload: &'a [u8], subject: &str) -> Option<PayloadQuote<'a>> {
+        match proto::decode_payload(payload) {
+            Ok(decoded) => Some(decoded),
             Err(why) => {
                 self.malformed(MalformedReason::Payload, subject, &why.to_string());
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Publishes a decoded quote in its symbol's precision; `None` if that cannot be done
+    /// (counted).
+    fn publish(
+        &mut self,
+        decoded: PayloadQuote<'_>,
+        subject: &str,
+    ) -> Option<(SymbolId, Published)> {
         let Some(id) = self.publisher.intern(&decoded.symbol, decoded.precision) else {
             self.malformed(MalformedReason::Symbol, subject, "not a valid symbol name");
             return None;
