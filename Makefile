@@ -3,10 +3,11 @@
 CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
+export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench soak
+.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench soak
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -20,8 +21,12 @@ run-tls:
 	@echo "run-tls: trust it with: curl --cacert $(TLS_DIR)/cert.pem https://127.0.0.1:8080/healthz"
 	$(TARGET_DIR)/release/gateway --tls-cert $(TLS_DIR)/cert.pem --tls-key $(TLS_DIR)/key.pem
 
+## cluster: nats-server (JetStream), feed-sim, two gateways and HAProxy on loopback; Ctrl-C stops all
+cluster:
+	deploy/cluster.sh
+
 ## test: install what the tests need, lint, then every test suite
-test: setup lint test-rust test-examples test-browser test-prometheus
+test: setup lint test-rust test-examples test-browser test-prometheus test-cluster
 	@echo "make test: all suites passed"
 
 setup:
@@ -36,6 +41,11 @@ test-rust:
 
 build-debug:
 	$(CARGO) build -p gateway
+
+## nats-server, feed-sim, gateways and HAProxy as processes: contract section 5
+test-cluster:
+	$(CARGO) build -p gateway -p feed-sim
+	python3 deploy/tests/cluster_test.py
 
 ## example clients (Python, Node) against a real gateway
 test-examples: build-debug

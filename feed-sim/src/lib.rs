@@ -1,8 +1,10 @@
 //! The simulated market: S symbols, each a seeded random walk, updated at a total rate with
 //! skewed activity (a few hot symbols, a long quiet tail), as in a real market.
 //!
-//! This crate is pure: [`Simulator::next_update`] produces the next quote, and the caller (the
-//! gateway's feed driver) decides when. The same seed gives the same market, update by update.
+//! The library is pure: [`Simulator::next_update`] produces the next quote, and the caller (the
+//! gateway's embedded feed, or the `feed-sim` process) decides when. The same seed gives the
+//! same market, update by update. The `feed-sim` binary (`src/main.rs`) publishes it on NATS
+//! (contract section 5), records it, or replays a recording.
 
 use proto::{Price, Quote};
 use rand::distr::weighted::WeightedIndex;
@@ -142,6 +144,16 @@ impl Simulator {
         *q
     }
 
+    /// Continues symbol `i` from `quote`, the last one published for it (read back from a
+    /// stream after a restart): its next update has `seq` one above, and its walk goes on from
+    /// that quote's prices and volume. `quote` must be in the symbol's precision.
+    pub fn resume(&mut self, i: usize, quote: Quote) {
+        let walk = &mut self.walks[i];
+        walk.bid = quote.bid.0.max(1);
+        walk.spread = (quote.ask.0 - quote.bid.0).max(1);
+        walk.quote = quote;
+    }
+
     /// Advances the market by one update stamped `ts` (ns since the epoch): returns the
     /// updated symbol's index and its new quote, whose `seq` is one more than its previous.
     pub fn next_update(&mut self, ts: u64) -> (usize, Quote) {
@@ -196,6 +208,24 @@ mod tests {
             last_seq[i] = q.seq;
             last_volume[i] = q.volume;
         }
+    }
+
+    #[test]
+    fn a_resumed_symbol_continues_its_seq_and_prices() {
+        let mut sim = Simulator::new(1, 9);
+        let last = Quote {
+            seq: 41,
+            bid: Price(10_000),
+            ask: Price(10_002),
+            volume: 700,
+            ..Quote::default()
+        };
+        sim.resume(0, last);
+        assert_eq!(sim.opening_quote(0, 5).seq, 41, "a resumed symbol is open already");
+        let (_, next) = sim.next_update(6);
+        assert_eq!(next.seq, 42);
+        assert!((next.bid.0 - 10_000).abs() <= 2, "{next:?}");
+        assert!(next.volume >= 700);
     }
 
     #[test]

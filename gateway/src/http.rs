@@ -112,6 +112,12 @@ fn staleness_seconds(gw: &Gateway) -> f64 {
 async fn readyz(State(ctx): State<Arc<ShardCtx>>) -> Response {
     let gw = &ctx.gateway;
     let stale = staleness_seconds(gw);
+    if !gw.store.is_live() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the feed is not live (still loading, or its upstream is unreachable)\n",
+        );
+    }
     if gw.store.last_update_ns() != 0 && stale * 1000.0 <= gw.config.staleness_ms as f64 {
         text(StatusCode::OK, "ready\n")
     } else {

@@ -4,15 +4,16 @@
 //!
 //! ```text
 //! feed ──> store ──> fanout ──────────> session::writer ──> socket
-//! (sim)    (latest   (per shard: mark    (one per session:
-//!           quote,    each subscriber's   take marks, send
+//! (sim,    (latest   (per shard: mark    (one per session:
+//!  nats)    quote,    each subscriber's   take marks, send
 //!           encoded   slot dirty, wake    frames, flush once)
 //!           once)     its writer)
 //!                                         session::reader <── socket
 //!                                         (requests, limits)
 //! ```
 //!
-//! - [`feed`]: where quotes come from; stores them and queues their symbols per shard.
+//! - [`feed`]: where quotes come from (the simulator, NATS JetStream, a test's manual feed),
+//!   behind one `Feed` trait; its `Publisher` stores them and queues their symbols per shard.
 //! - [`store`]: the snapshot store, lock-free reads of every symbol's latest quote and frames.
 //! - [`fanout`]: dirty-mark fan-out; a session holds one slot per subscription, never a queue.
 //! - [`session`]: one task per session, a reader and the writer that owns the session's order.

@@ -25,6 +25,12 @@ pub const REQUESTS: &str = "gateway_requests_total";
 pub const REQUEST_ERRORS: &str = "gateway_request_errors_total";
 pub const FEED_UPDATES: &str = "gateway_feed_updates_total";
 pub const FEED_DROPPED: &str = "gateway_feed_dropped_updates_total";
+pub const FEED_DUPLICATES: &str = "gateway_feed_duplicate_updates_total";
+pub const FEED_MALFORMED: &str = "gateway_feed_malformed_messages_total";
+pub const FEED_LAG: &str = "gateway_feed_lag_seconds";
+pub const FEED_CONNECTED: &str = "gateway_feed_connected";
+pub const FEED_LIVE: &str = "gateway_feed_live";
+pub const FEED_RECONNECTS: &str = "gateway_feed_reconnects_total";
 pub const FEED_STALENESS: &str = "gateway_feed_staleness_seconds";
 pub const SYMBOLS: &str = "gateway_symbols";
 pub const MESSAGES_SENT: &str = "gateway_messages_sent_total";
@@ -160,6 +166,29 @@ impl OpLabel {
             OpLabel::Unsubscribe => "unsubscribe",
             OpLabel::Ping => "ping",
             OpLabel::Invalid => "invalid",
+        }
+    }
+}
+
+/// Why a feed message was not an update, the `reason` label of [`FEED_MALFORMED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedReason {
+    /// The payload did not decode as a quote (too large, not JSON, a missing or ill-typed field).
+    Payload,
+    /// The symbol is not a valid symbol name.
+    Symbol,
+    /// A price has more decimals than the symbol's precision (it cannot be written exactly).
+    Precision,
+}
+
+impl MalformedReason {
+    pub const ALL: [MalformedReason; 3] =
+        [MalformedReason::Payload, MalformedReason::Symbol, MalformedReason::Precision];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MalformedReason::Payload => "payload",
+            MalformedReason::Symbol => "symbol",
+            MalformedReason::Precision => "precision",
         }
     }
 }
@@ -366,6 +395,15 @@ pub struct Metrics {
     request_errors: CounterFamily,
     pub feed_updates: Counter,
     feed_dropped: Counter,
+    feed_duplicates: Counter,
+    feed_malformed: CounterFamily,
+    feed_reconnects: Counter,
+    /// Gateway receive time minus the quote's `ts`, recorded by the feed's thread only.
+    feed_lag: ShardedHistogram,
+    /// The feed's name (`sim`, `nats`, ...), the `feed` label of the feed gauges.
+    feed_name: parking_lot::Mutex<&'static str>,
+    feed_connected: AtomicU64,
+    feed_live: AtomicU64,
     messages_sent: CounterFamily,
     bytes_sent: CounterFamily,
     conflated: Counter,
@@ -410,6 +448,24 @@ impl Metrics {
             ),
             feed_updates: Counter::default(),
             feed_dropped: Counter::default(),
+            feed_duplicates: Counter::default(),
+            feed_malformed: CounterFamily::new(
+                FEED_MALFORMED,
+                "Feed messages dropped because they are not a usable quote, by reason",
+                "reason",
+                strings(&MalformedReason::ALL.map(MalformedReason::as_str)),
+            ),
+            feed_reconnects: Counter::default(),
+            feed_lag: ShardedHistogram::new(
+                FEED_LAG,
+                "Gateway receive time minus the quote's ts, per update from the feed (clock skew included)",
+                &LATENCY_BUCKETS,
+                NS,
+                1,
+            ),
+            feed_name: parking_lot::Mutex::new("none"),
+            feed_connected: AtomicU64::new(0),
+            feed_live: AtomicU64::new(0),
             messages_sent: CounterFamily::new(
                 MESSAGES_SENT,
                 "Messages written to sessions, by type",
@@ -468,6 +524,39 @@ impl Metrics {
     /// An update from the feed dropped (stale `seq` or unknown symbol).
     pub fn feed_update_dropped(&self) {
         self.feed_dropped.increment(1);
+    }
+
+    /// An update received twice (a redelivery, or the same `seq` again).
+    pub fn feed_duplicate(&self) {
+        self.feed_duplicates.increment(1);
+    }
+
+    /// A feed message that is not a usable quote.
+    pub fn feed_malformed(&self, reason: MalformedReason) {
+        self.feed_malformed.increment(reason as usize, 1);
+    }
+
+    /// The feed's upstream connection came back.
+    pub fn feed_reconnected(&self) {
+        self.feed_reconnects.increment(1);
+    }
+
+    /// Feed lag of one update: the gateway's receive time minus the quote's `ts` (wall ns).
+    pub fn record_feed_lag(&self, received_ns: u64, ts: u64) {
+        self.feed_lag.shard(0).record_ns(received_ns.saturating_sub(ts));
+    }
+
+    /// Names the feed, for the `feed` label of its gauges.
+    pub fn set_feed_name(&self, name: &'static str) {
+        *self.feed_name.lock() = name;
+    }
+
+    pub fn set_feed_connected(&self, connected: bool) {
+        self.feed_connected.store(u64::from(connected), Ordering::Relaxed);
+    }
+
+    pub fn set_feed_live(&self, live: bool) {
+        self.feed_live.store(u64::from(live), Ordering::Relaxed);
     }
 
     pub fn request(&self, op: OpLabel) {
@@ -552,6 +641,31 @@ impl Metrics {
             "Updates from the feed dropped because their seq was not above the stored one",
             &self.feed_dropped,
         );
+        render_counter(
+            &mut out,
+            FEED_DUPLICATES,
+            "The same update received twice: a NATS redelivery (dropped by stream sequence), or a seq equal to the stored one (also in the dropped count)",
+            &self.feed_duplicates,
+        );
+        self.feed_malformed.render(&mut out);
+        render_counter(
+            &mut out,
+            FEED_RECONNECTS,
+            "Times the feed's upstream connection came back after being lost",
+            &self.feed_reconnects,
+        );
+        let feed = *self.feed_name.lock();
+        let _ = writeln!(
+            out,
+            "# HELP {FEED_CONNECTED} 1 while the feed's upstream connection (NATS) is up, else 0\n# TYPE {FEED_CONNECTED} gauge\n{FEED_CONNECTED}{{feed=\"{feed}\"}} {}",
+            self.feed_connected.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {FEED_LIVE} 1 while the feed is connected and its initial load is done, else 0\n# TYPE {FEED_LIVE} gauge\n{FEED_LIVE}{{feed=\"{feed}\"}} {}",
+            self.feed_live.load(Ordering::Relaxed)
+        );
+        self.feed_lag.render(&mut out);
         self.messages_sent.render(&mut out);
         self.bytes_sent.render(&mut out);
         render_counter(

@@ -164,6 +164,7 @@ pub async fn run(
     // If this future is dropped before it returns (its runtime ends), stop the threads too.
     let _stop_on_drop = StopOnDrop { feed: feed_stop.clone(), sessions: gateway.shutdown.clone() };
     let mut publisher = Publisher::new(Arc::clone(&store), queues, Arc::clone(&metrics));
+    metrics.set_feed_name(feed.name());
     feed.prime(&mut publisher);
     let feed_name = feed.name();
     let (feed_done_tx, mut feed_done) = tokio::sync::oneshot::channel();

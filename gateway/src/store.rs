@@ -30,19 +30,30 @@ pub type SymbolId = u32;
 pub struct Snapshot {
     pub quote: Quote,
     pub frames: QuoteFrames,
+    /// The gateway's wall clock when it stored the update, ns since the Unix epoch. Decisions
+    /// about an update's age use this, never `quote.ts`: a remote feed's clock may be skewed.
+    pub received_ns: u64,
 }
 
 /// What a writer needs of one update to send it as a `quote`.
 pub struct QuoteRef {
     pub seq: u64,
+    /// The feed's timestamp (what the quote-age metric measures from).
     pub ts: u64,
+    /// When this gateway stored it (what the replay cut-off measures from).
+    pub received_ns: u64,
     /// The shared `quote` frame.
     pub frame: Bytes,
 }
 
 impl QuoteRef {
     fn of(snap: &Snapshot) -> QuoteRef {
-        QuoteRef { seq: snap.quote.seq, ts: snap.quote.ts, frame: snap.frames.quote.clone() }
+        QuoteRef {
+            seq: snap.quote.seq,
+            ts: snap.quote.ts,
+            received_ns: snap.received_ns,
+            frame: snap.frames.quote.clone(),
+        }
     }
 }
 
@@ -190,9 +201,9 @@ impl SnapshotStore {
         Some(id)
     }
 
-    /// Stores an update: encodes it once and makes it the symbol's latest. Returns the entry,
-    /// for the caller to fan out. A quote whose `seq` is not above the latest is dropped
-    /// (`None`): a symbol's `seq` never goes backwards.
+    /// Stores an update received at `now_ns` (the gateway's wall clock): encodes it once and
+    /// makes it the symbol's latest. Returns the entry, for the caller to fan out. A quote whose
+    /// `seq` is not above the latest is dropped (`Stale`): a symbol's `seq` never goes backwards.
     pub fn publish(
         &self,
         id: SymbolId,
@@ -205,7 +216,7 @@ impl SnapshotStore {
             return Err(Published::Stale);
         }
         let frames = quote.encode(&entry.name, entry.precision);
-        entry.store(Arc::new(Snapshot { quote, frames }));
+        entry.store(Arc::new(Snapshot { quote, frames, received_ns: now_ns }));
         self.last_update_ns.store(now_ns, Ordering::Relaxed);
         self.updates.fetch_add(1, Ordering::Relaxed);
         Ok(entry)

@@ -67,11 +67,13 @@ pub async fn run(sh: &WorkerShared, n: u64) {
         _ = tokio::time::sleep(offset) => {}
     }
     let src = &sh.plan.source_addrs;
+    // Churning clients spread over the gateways as the others do.
+    let target = &sh.targets[(n % sh.targets.len() as u64) as usize];
     let dial = Dial {
-        addr: sh.addr,
+        addr: target.addr,
         source: (!src.is_empty()).then(|| src[(n % src.len() as u64) as usize]),
-        host_header: &sh.host_header,
-        path: &sh.plan.target.path,
+        host_header: &target.host_header,
+        path: &target.path,
         token: sh.plan.token.as_deref(),
         rcvbuf: sh.plan.rcvbuf,
         timeout: Duration::from_millis(sh.plan.connect_timeout_ms),

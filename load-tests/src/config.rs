@@ -25,9 +25,16 @@ pub const MAX_CLIENTS_PER_SOURCE_ADDR: u64 = 28_000;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load-tests", version)]
 pub struct Cli {
-    /// WebSocket URL of the gateway (ws:// only). `/symbols` is fetched from the same host:port.
-    #[arg(long, env = "LOADTEST_URL", default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// WebSocket URL of the gateway (ws:// only); several gateways: repeat --url or give a
+    /// comma-separated list, and client i goes to URL i mod N (the report has a row per gateway,
+    /// by `welcome.server`). `/symbols` and `/metrics` are read from the first URL's host:port.
+    #[arg(
+        long,
+        env = "LOADTEST_URL",
+        default_value = "ws://127.0.0.1:8080/ws",
+        value_delimiter = ','
+    )]
+    pub url: Vec<String>,
 
     /// Number of clients (WebSocket sessions) to open.
     #[arg(short = 'c', long, default_value_t = 100)]
@@ -159,7 +166,8 @@ pub struct Cli {
 /// What one worker process runs. The coordinator makes one per worker and sends it as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    pub target: Target,
+    /// The gateways; client i connects to `targets[i % len]`.
+    pub targets: Vec<Target>,
     pub token: Option<String>,
     pub symbols: Vec<String>,
     pub subs: usize,
@@ -203,6 +211,11 @@ impl Plan {
         (start, start + self.duration_ns)
     }
 
+    /// The gateway client `i` (a global index) connects to.
+    pub fn target_of(&self, i: u64) -> usize {
+        (i % self.targets.len().max(1) as u64) as usize
+    }
+
     /// The class of client `i`: stuck and slow clients spread evenly over the indexes, so
     /// every part of the ramp and every worker has its share.
     pub fn class_of(&self, i: u64) -> Class {
@@ -228,7 +241,7 @@ mod tests {
 
     fn plan(total: u64, slow: u64, stuck: u64) -> Plan {
         Plan {
-            target: Target::parse("ws://127.0.0.1:1/ws").unwrap(),
+            targets: vec![Target::parse("ws://127.0.0.1:1/ws").unwrap()],
             token: None,
             symbols: vec![],
             subs: 1,
@@ -266,6 +279,21 @@ mod tests {
             assert_eq!(count(Class::Slow), slow, "{total} {slow} {stuck}");
             assert_eq!(count(Class::Fast), total - slow - stuck);
         }
+    }
+
+    #[test]
+    fn urls_repeat_or_comma_separate_and_clients_alternate_over_them() {
+        let cli = Cli::parse_from([
+            "load-tests",
+            "--url",
+            "ws://a:1/ws,ws://b:2/ws",
+            "--url",
+            "ws://c:3/ws",
+        ]);
+        assert_eq!(cli.url, ["ws://a:1/ws", "ws://b:2/ws", "ws://c:3/ws"]);
+        let mut p = plan(5, 0, 0);
+        p.targets = cli.url.iter().map(|u| Target::parse(u).unwrap()).collect();
+        assert_eq!((0..5).map(|i| p.target_of(i)).collect::<Vec<_>>(), [0, 1, 2, 0, 1]);
     }
 
     #[test]

@@ -30,7 +30,8 @@ enum Event {
 pub async fn run(cli: Cli) -> Result<Report> {
     validate(&cli)?;
     let fd_limit = procstat::raise_fd_limit();
-    let target = Target::parse(&cli.url)?;
+    let targets = cli.url.iter().map(|u| Target::parse(u)).collect::<Result<Vec<_>>>()?;
+    let target = targets.first().cloned().ok_or_else(|| anyhow!("--url: at least one URL"))?;
     let symbols = match &cli.symbols {
         Some(s) => s.clone(),
         None => target::fetch_symbols(&target).await?,
@@ -72,7 +73,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
     for (w, addrs) in source_addrs.iter().enumerate() {
         let n = base + u64::from((w as u64) < extra);
         plans.push(Plan {
-            target: target.clone(),
+            targets: targets.clone(),
             token: cli.token.clone(),
             symbols: symbols.clone(),
             subs: cli.subs,
@@ -218,6 +219,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
     let reports: Vec<WorkerReport> = reports.into_iter().flatten().collect();
     let mut merged = Merged {
         classes: vec![ClassStats::new(), ClassStats::new(), ClassStats::new()],
+        servers: Default::default(),
         connect: ConnectStats::new(),
         peak_open: 0,
         open_at_window_start: 0,
@@ -232,6 +234,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
         }
         merged.connect.merge(&r.connect);
         churn.merge(&r.churn);
+        for (name, s) in &r.servers {
+            merged.servers.entry(name.clone()).or_default().merge(s);
+        }
         // Workers peak at about the same time; the sum is an upper bound of the true peak.
         merged.peak_open += r.peak_open;
         merged.open_at_window_start += r.open_at_window_start;
@@ -256,7 +261,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         g
     });
     let settings = Settings {
-        url: cli.url.clone(),
+        url: cli.url.join(","),
         clients: cli.clients,
         ramp_rate: cli.ramp_rate,
         subs: cli.subs,

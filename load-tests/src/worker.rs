@@ -4,6 +4,7 @@
 //! (`load-tests --worker`, plan on stdin, events as JSON lines on stdout).
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::rc::Rc;
@@ -18,7 +19,7 @@ use crate::churn::{self, ChurnStats};
 use crate::client::{self, WorkerShared};
 use crate::config::Plan;
 use crate::procstat::{now_ns, self_cpu_seconds};
-use crate::stats::{Class, ClassStats, ConnectStats};
+use crate::stats::{Class, ClassStats, ConnectStats, ServerStats};
 use crate::symbols::SymbolPicker;
 
 /// How long sessions stay open after the figures are taken at the window's end.
@@ -46,6 +47,8 @@ pub struct Progress {
 pub struct WorkerReport {
     /// Fast, slow, stuck.
     pub classes: Vec<ClassStats>,
+    /// Per gateway, by the `server` of its `welcome`.
+    pub servers: BTreeMap<String, ServerStats>,
     pub connect: ConnectStats,
     pub peak_open: u64,
     pub open_at_window_start: u64,
@@ -66,20 +69,27 @@ pub enum WorkerEvent {
 
 /// Runs `plan` to the end; progress goes to `events`. Must run inside a `LocalSet`.
 pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<WorkerReport> {
-    let addr = plan
-        .target
-        .addr()
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {}", plan.target.addr()))?
-        .next()
-        .ok_or_else(|| anyhow!("{} resolves to no address", plan.target.addr()))?;
+    let mut targets = Vec::with_capacity(plan.targets.len());
+    for target in &plan.targets {
+        let addr = target
+            .addr()
+            .to_socket_addrs()
+            .with_context(|| format!("resolve {}", target.addr()))?
+            .next()
+            .ok_or_else(|| anyhow!("{} resolves to no address", target.addr()))?;
+        targets.push(client::Endpoint {
+            addr,
+            host_header: target.host_header(),
+            path: target.path.clone(),
+        });
+    }
     let mut classes: [RefCell<ClassStats>; 3] = Default::default();
     for i in plan.first_client..plan.first_client + plan.clients {
         classes[plan.class_of(i).index()].get_mut().clients += 1;
     }
     let sh = Rc::new(WorkerShared {
-        addr,
-        host_header: plan.target.host_header(),
+        targets,
+        servers: RefCell::new(Vec::new()),
         names: plan.symbols.iter().map(|s| s.as_bytes().into()).collect(),
         picker: SymbolPicker::new(plan.symbols.len(), plan.subs, plan.dist, plan.zipf_s, plan.seed),
         classes,
@@ -129,6 +139,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     let open_at_window_end = sh.open.get();
     // Figures are taken now; closing the sessions is not measured.
     let classes: Vec<ClassStats> = sh.classes.iter().map(|c| c.borrow().clone()).collect();
+    let servers: BTreeMap<String, ServerStats> = sh.servers.borrow().iter().cloned().collect();
     let connect = sh.connect.borrow().clone();
     // Sessions stay open a moment longer, so that what samples the gateway at the window's end
     // (its /metrics, its RSS) still sees them.
@@ -148,6 +159,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     let churn = sh.churn.borrow().clone();
     Ok(WorkerReport {
         classes,
+        servers,
         connect,
         peak_open: sh.peak_open.get(),
         open_at_window_start,

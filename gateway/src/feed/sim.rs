@@ -64,6 +64,7 @@ impl Feed for SimFeed {
             publisher.publish(id, quote);
         }
         publisher.flush();
+        publisher.set_connected(true);
         publisher.set_live(true);
     }
 

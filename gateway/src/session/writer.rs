@@ -41,7 +41,7 @@ type Step = Result<(), Ending>;
 /// idle session holding a few KiB it never uses again; a few extra writes per subscribe avoid it.
 const SNAPSHOT_FLUSH_BYTES: usize = 1024;
 
-/// Missed updates older than this are not replayed from the history: the session is behind,
+/// Missed updates received (by this gateway) longer ago than this are not replayed from the history: the session is behind,
 /// not briefly late, and gets the latest quote (a `seq` jump) instead. A writer that keeps up
 /// misses updates only for the instant between a mark and its run (well under a millisecond;
 /// tens of milliseconds when the OS deschedules the shard), so 50 ms loses nothing then,
@@ -434,7 +434,9 @@ where
                     let oldest_replayed = self.wall_now_ns.saturating_sub(REPLAY_MAX_AGE_NS);
                     while next < target {
                         let Some(missed) = entry.quote_at_seq(next) else { break };
-                        if missed.ts < oldest_replayed {
+                        // The gateway's own receive time, not the feed's `ts`: a remote feed's
+                        // clock may be skewed.
+                        if missed.received_ns < oldest_replayed {
                             // The writer itself runs late (the shard is saturated): replaying
                             // would be a queue; jump to the latest instead.
                             break;
