@@ -117,7 +117,11 @@ pub async fn run(
     let shards = config.shard_count();
     let metrics = Arc::new(Metrics::new(shards));
     config.validate().map_err(anyhow::Error::msg)?;
-    let sim = feed_sim::Simulator::new(config.sim_symbols, config.sim_seed);
+    let sim = feed_sim::Simulator::with_activity(
+        config.sim_symbols,
+        config.sim_seed,
+        config.sim_activity.into(),
+    );
     let store = Arc::new(SnapshotStore::new(
         sim.symbols().iter().map(|s| (s.name.clone(), s.precision)),
         shards,
@@ -169,6 +173,7 @@ pub async fn run(
     let feed_thread = spawn_simulator(sim, config.sim_rate, publisher, Arc::clone(&feed_stop));
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), rate = config.sim_rate,
+        activity = feed_sim::Activity::from(config.sim_activity).as_str(),
         server = %gateway.server_name, "gateway serving the simulated feed"
     );
 
