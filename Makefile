@@ -4,7 +4,7 @@ CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
 
-.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+.PHONY: run test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench bench-peers
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -47,3 +47,7 @@ observe:
 ## bench: release builds, the benchmark scenarios, docs/benchmarks.md
 bench:
 	load-tests/bench.sh
+
+## bench-peers: the gateway beside a Bun pub/sub server and a bare tokio fan-out, one sitting
+bench-peers:
+	load-tests/bench_peers.sh
