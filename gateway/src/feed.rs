@@ -86,8 +86,7 @@ pub fn spawn_simulator(
                 let due = (elapsed.as_secs_f64() * f64::from(rate)) as u64;
                 // At least one update: below 10 updates/s, 100 ms holds less than one, and a
                 // bound of 0 would skip every update as "behind".
-                let behind_limit =
-                    ((MAX_CATCH_UP.as_secs_f64() * f64::from(rate)) as u64).max(1);
+                let behind_limit = ((MAX_CATCH_UP.as_secs_f64() * f64::from(rate)) as u64).max(1);
                 if due.saturating_sub(sent) > behind_limit {
                     sent = due - behind_limit;
                 }

@@ -180,7 +180,8 @@ async fn session(tcp: TcpStream, market: Shared, id: u64) -> Option<()> {
         max_message_bytes: MAX_MESSAGE_BYTES,
         max_requests_per_sec: 50,
     };
-    let welcome = proto::server::welcome("tokio-fanout", &format!("{id:x}"), now_ns(), 5000, limits);
+    let welcome =
+        proto::server::welcome("tokio-fanout", &format!("{id:x}"), now_ns(), 5000, limits);
     ws.send(Message::text(String::from_utf8(welcome).ok()?)).await.ok()?;
     let (tx, mut rx) = mpsc::channel::<Delivery>(SESSION_QUEUE);
     let mut subscribed: Vec<u32> = Vec::new();
