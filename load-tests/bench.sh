@@ -4,7 +4,7 @@
 # the rest of that file is hand-written and kept).
 #
 # The gateway runs pinned to core 0 with one shard, the tester pinned to core 1, where the
-# machine has two cores and taskset (settings and helpers: bench_lib.sh, shared with
+# machine has two cores and taskset (settings and helpers: bench_runs.sh, shared with
 # bench_peers.sh). Every gateway started here is stopped by its PID.
 #
 # Environment:
@@ -14,8 +14,8 @@
 set -euo pipefail
 
 BENCH_TAG=bench
-# shellcheck source=load-tests/bench_lib.sh
-source "$(dirname "$0")/bench_lib.sh"
+# shellcheck source=load-tests/bench_runs.sh
+source "$(dirname "$0")/bench_runs.sh"
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 
 # Run lengths (seconds): measured window and warmup per scenario.

@@ -25,8 +25,8 @@
 set -euo pipefail
 
 BENCH_TAG=bench-peers
-# shellcheck source=load-tests/bench_lib.sh
-source "$(dirname "$0")/bench_lib.sh"
+# shellcheck source=load-tests/bench_runs.sh
+source "$(dirname "$0")/bench_runs.sh"
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 ONLY=" $(echo "${BENCH_ONLY:-}" | tr ',' ' ') "
 SERVERS=$(echo "${BENCH_SERVERS:-gateway bun tokio}" | tr ',' ' ')

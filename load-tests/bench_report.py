@@ -10,7 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import (CONTENTION_RULE, commands_block, cores_of, g, load_runs,  # noqa: E402
+from bench_report_parts import (CONTENTION_RULE, commands_block, cores_of, g, load_runs,  # noqa: E402
                           machine_lines, mark, now_utc, num, replace_section, rss_flat)
 
 BEGIN = "<!-- bench:begin -->"

@@ -30,8 +30,7 @@ use proto::server::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -45,8 +44,6 @@ const READ_BUFFER_BYTES: usize = 4096;
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Largest request read; the announced limit.
 const MAX_MESSAGE_BYTES: u32 = 65_536;
-/// Largest HTTP request head read before the upgrade.
-const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 #[derive(Parser, Clone)]
 #[command(about = "Bare tokio fan-out peer server for make bench-peers")]
@@ -119,57 +116,39 @@ async fn feed(market: Shared, mut sim: Simulator, rate: u32) {
     }
 }
 
-/// Reads the HTTP request head; answers `/symbols` itself, upgrades `/ws`.
+/// Answers `GET /symbols` itself; anything else goes to tungstenite's server handshake.
 async fn accept(mut tcp: TcpStream, market: &Shared) -> Option<WebSocketStream<TcpStream>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        let n = tcp.read(&mut chunk).await.ok()?;
-        if n == 0 || head.len() + n > MAX_HEAD_BYTES {
+    // Look at the request line without consuming it: the handshake reads it again.
+    let mut line = [0u8; 16];
+    let n = loop {
+        let n = tcp.peek(&mut line).await.ok()?;
+        if n == 0 {
             return None;
         }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        if n == line.len() || line[..n].contains(&b'\n') {
+            break n;
         }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     };
-    let text = std::str::from_utf8(&head[..end]).ok()?;
-    let path = text.split_whitespace().nth(1)?;
-    let key = text.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim())
-    });
-    match (path, key) {
-        ("/symbols", _) => {
-            let names = market.lock().unwrap_or_else(|e| e.into_inner()).names.clone();
-            let body = serde_json::to_string(&names).ok()?;
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            tcp.write_all(resp.as_bytes()).await.ok()?;
-            None
-        }
-        ("/ws", Some(key)) => {
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Accept: {}\r\n\r\n",
-                derive_accept_key(key.as_bytes())
-            );
-            tcp.write_all(resp.as_bytes()).await.ok()?;
-            let config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER_BYTES)
-                .write_buffer_size(WRITE_BUFFER_BYTES)
-                .max_message_size(Some(MAX_MESSAGE_BYTES as usize));
-            let rest = head[end..].to_vec();
-            Some(WebSocketStream::from_partially_read(tcp, rest, Role::Server, Some(config)).await)
-        }
-        _ => {
-            let _ = tcp.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
-            None
-        }
+    if line[..n].starts_with(b"GET /symbols ") || line[..n].starts_with(b"GET /symbols?") {
+        let names = market.lock().unwrap_or_else(|e| e.into_inner()).names.clone();
+        let body = serde_json::to_string(&names).ok()?;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        // Read the request so that closing does not reset the connection under the answer.
+        let mut head = [0u8; 4096];
+        let _ = tcp.read(&mut head).await;
+        tcp.write_all(resp.as_bytes()).await.ok()?;
+        return None;
     }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(MAX_MESSAGE_BYTES as usize));
+    tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await.ok()
 }
 
 async fn session(tcp: TcpStream, market: Shared, id: u64) -> Option<()> {
