@@ -88,6 +88,10 @@ N_SERVERS=$(echo "$SERVERS" | wc -w)
 for row in std c1k_r20k c1k_r40k c5k_r4k c5k_r8k idle; do want "$row" && count "$N_SERVERS"; done
 for row in gw_sessions gw_overload gw_slow; do want "$row" && count 1; done
 STARTED=$(date +%s)
+LOAD_NOW=$(cut -d' ' -f1 /proc/loadavg)
+if python3 -c "import sys; sys.exit(0 if $LOAD_NOW > 1.5 else 1)"; then
+    log "load average $LOAD_NOW: other work is running; runs it disturbs are marked ⚠ in the report"
+fi
 
 # one ROW SERVER C R [server flags… --] load-tests flags…
 one() {

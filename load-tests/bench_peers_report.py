@@ -137,8 +137,14 @@ for row, c, r, figs in ROWS:
 targets = []
 
 
-def target(what, ok, measured):
-    targets.append((what, measured, "not run" if ok is None else mark(ok)))
+def target(what, ok, measured, rows=()):
+    """One target's line; `rows`: the rows its verdict rests on (a busy run voids it)."""
+    verdict = "not run" if ok is None else mark(ok)
+    busy = [rep for row in rows for rep in (run(row, s) for s in SERVER_NAMES) if rep
+            and cores_of(rep, pin)[1]]
+    if ok is not None and busy:
+        verdict += " ⚠ (busy machine: not a verdict)"
+    targets.append((what, measured, verdict))
 
 
 def over(v, limit, unit):
@@ -152,14 +158,15 @@ if std:
     if bcpu is not None and gcpu is not None:
         target("C=1,000, R=2,000: the gateway's CPU ≤ Bun's", gcpu <= bcpu,
                f"{num(gcpu)}% against Bun's {num(bcpu)}% ({ratio(gcpu, bcpu)}"
-               + (f"; over by {num(gcpu - bcpu)} points" if gcpu > bcpu else "") + ")")
+               + (f"; over by {num(gcpu - bcpu)} points" if gcpu > bcpu else "") + ")", ["std"])
     else:
         target("C=1,000, R=2,000: the gateway's CPU ≤ Bun's", None, "Bun not run")
     v = g(std, "fast.age_ms.p99")
-    target("C=1,000, R=2,000: p99 ≤ 1 ms", v is not None and v <= 1, f"{num(v, 2)} ms{over(v, 1, 'ms')}")
+    target("C=1,000, R=2,000: p99 ≤ 1 ms", v is not None and v <= 1, f"{num(v, 2)} ms{over(v, 1, 'ms')}",
+           ["std"])
     v = g(std, "fast.seq_jumps")
     target("C=1,000, R=2,000: no `seq` jumps", v == 0,
-           f"{num(v)} jumps ({num(g(std, 'fast.missed_updates'))} updates missed)")
+           f"{num(v)} jumps ({num(g(std, 'fast.missed_updates'))} updates missed)", ["std"])
 else:
     target("C=1,000, R=2,000: CPU ≤ Bun's, p99 ≤ 1 ms, no `seq` jumps", None, "–")
 
@@ -175,15 +182,17 @@ def delivery_target(row, label, with_jumps):
         rt = v / bv if bv else None
         target(f"{label}: deliveries ≥ 1.0× the best peer", rt is not None and rt >= DELIVERY_TOLERANCE,
                f"{num(v, 0)}/s against {SERVER_NAMES[bs]}'s {num(bv, 0)}/s: {ratio(v, bv)}"
-               + (f" (short by {num((1 - rt) * 100)}%)" if rt is not None and rt < DELIVERY_TOLERANCE else ""))
+               + (f" (short by {num((1 - rt) * 100)}%)" if rt is not None and rt < DELIVERY_TOLERANCE else ""),
+               [row])
     else:
         target(f"{label}: deliveries ≥ 1.0× the best peer", None, f"{num(v, 0)}/s; no peer run")
     p = g(gw, "fast.age_ms.p99")
-    target(f"{label}: p99 ≤ 100 ms", p is not None and p <= 100, f"{num(p, 1)} ms{over(p, 100, 'ms')}")
+    target(f"{label}: p99 ≤ 100 ms", p is not None and p <= 100, f"{num(p, 1)} ms{over(p, 100, 'ms')}",
+           [row])
     if with_jumps:
         j = g(gw, "fast.seq_jumps")
         target(f"{label}: no `seq` jumps", j == 0,
-               f"{num(j)} jumps ({num(g(gw, 'fast.missed_updates'))} updates missed)")
+               f"{num(j)} jumps ({num(g(gw, 'fast.missed_updates'))} updates missed)", [row])
 
 
 delivery_target("c5k_r4k", "C=5,000, R=4,000", True)
@@ -195,7 +204,7 @@ if r:
     held = g(r, "connect.open_at_window_end", 0)
     target(f"{num(r['_c'])} sessions at R=200: no `seq` jumps", j == 0 and held == r["_c"],
            f"{num(j)} jumps ({num(g(r, 'total.missed_updates'))} updates missed); {num(held)} of "
-           f"{num(r['_c'])} sessions held; p99 {num(g(r, 'fast.age_ms.p99'), 1)} ms")
+           f"{num(r['_c'])} sessions held; p99 {num(g(r, 'fast.age_ms.p99'), 1)} ms", ["gw_sessions"])
 else:
     target("19,500 sessions at R=200: no `seq` jumps", None, "–")
 
@@ -208,7 +217,7 @@ if r:
            f"p99 {num(p, 1)} ms{over(p, 100, 'ms')}; RSS {num((start or 0) / 1024)} → "
            f"{num((end or 0) / 1024)} MiB over the window ({'flat' if flat else 'not flat'}: "
            f"flat is ≤ 5% or 8 MiB of growth); {num(g(r, 'total.deliveries_per_sec'), 0)} deliveries/s, "
-           f"{num(g(r, 'total.missed_updates'))} updates conflated")
+           f"{num(g(r, 'total.missed_updates'))} updates conflated", ["gw_overload"])
 else:
     target("2× overload: p99 ≤ 100 ms, RSS flat", None, "–")
 
@@ -219,7 +228,7 @@ if r:
            f"{K * 2000 // S} quotes/s): quotes under 2 s old", p is not None and p < 2000,
            f"slow clients' p99 quote age {num(p, 0)} ms, max {num(mx, 0)} ms ({num(g(r, 'slow.clients'))} "
            f"slow clients, {num(g(r, 'slow.seq_jumps'))} jumps); fast clients' p99 "
-           f"{num(g(r, 'fast.age_ms.p99'), 2)} ms beside them")
+           f"{num(g(r, 'fast.age_ms.p99'), 2)} ms beside them", ["gw_slow"])
 else:
     target("a slow reader at a quarter of the pace: quotes under 2 s old", None, "–")
 
@@ -227,7 +236,8 @@ r = run("idle")
 if r:
     v = idle_kib(r)
     target("idle session with 10 subscriptions ≤ 3 KiB", v is not None and v <= 3,
-           f"{num(v, 2)} KiB{over(v, 3, 'KiB')} (Bun {num(idle_kib(run('idle', 'bun')), 2) if run('idle', 'bun') else '–'} KiB)")
+           f"{num(v, 2)} KiB{over(v, 3, 'KiB')} (Bun {num(idle_kib(run('idle', 'bun')), 2) if run('idle', 'bun') else '–'} KiB)",
+           ["idle"])
 else:
     target("idle session ≤ 3 KiB", None, "–")
 
