@@ -7,7 +7,7 @@ export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench soak
+.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-peers soak
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -71,3 +71,7 @@ bench:
 ## RSS after the clients leave, into docs/benchmarks.md (SOAK_MINUTES=N for a shorter run)
 soak:
 	load-tests/soak.sh
+
+## bench-peers: the gateway beside a Bun pub/sub server and a bare tokio fan-out, one sitting
+bench-peers:
+	load-tests/bench_peers.sh

@@ -74,6 +74,27 @@ pub const DEFAULT_SIM_SEED: u64 = feed_sim::DEFAULT_SEED;
 pub const DEFAULT_PROXY_PROTOCOL: bool = false;
 /// Authentication-failure log lines per second (see `access::audit`).
 pub const DEFAULT_AUTH_LOG_PER_SEC: u32 = crate::access::audit::DEFAULT_AUTH_LOG_PER_SEC;
+/// Skewed, as a real market is: a few hot symbols, a long quiet tail. `uniform` is for
+/// benchmarks against servers whose feeds spread updates evenly (`make bench-peers`).
+pub const DEFAULT_SIM_ACTIVITY: SimActivity = SimActivity::Skewed;
+
+/// How the simulated feed spreads its updates over the symbols (`--sim-activity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimActivity {
+    /// Symbol i (by rank) gets updates in proportion to 1/(i+1): a few hot symbols, a long tail
+    Skewed,
+    /// Every symbol equally often
+    Uniform,
+}
+
+impl From<SimActivity> for feed_sim::Activity {
+    fn from(a: SimActivity) -> feed_sim::Activity {
+        match a {
+            SimActivity::Skewed => feed_sim::Activity::Skewed,
+            SimActivity::Uniform => feed_sim::Activity::Uniform,
+        }
+    }
+}
 
 /// Real-time market data push gateway: quotes over WebSocket, with snapshots, conflation,
 /// heartbeats and hard limits. Every flag can also be set by the environment variable shown.
@@ -112,6 +133,10 @@ pub struct Config {
     /// Simulated feed: random seed (the same seed gives the same market)
     #[arg(long = "sim-seed", env = "GATEWAY_SIM_SEED", default_value_t = DEFAULT_SIM_SEED)]
     pub sim_seed: u64,
+
+    /// Simulated feed: how updates are spread over the symbols
+    #[arg(long = "sim-activity", env = "GATEWAY_SIM_ACTIVITY", value_enum, default_value_t = DEFAULT_SIM_ACTIVITY)]
+    pub sim_activity: SimActivity,
 
     /// Heartbeat interval announced in `welcome`: an idle session gets a message this often
     #[arg(long, env = "GATEWAY_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]

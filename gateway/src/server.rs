@@ -172,6 +172,7 @@ pub async fn run(
     tokio::spawn(crate::memory::return_freed_memory(gateway.shutdown.clone()));
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), feed = feed_name,
+        activity = feed_sim::Activity::from(config.sim_activity).as_str(),
         server = %gateway.server_name, "gateway serving"
     );
 
