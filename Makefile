@@ -3,10 +3,11 @@
 CARGO      ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export GATEWAY_BIN ?= $(TARGET_DIR)/debug/gateway
+export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls test setup lint test-rust build-debug test-examples test-browser test-prometheus observe bench
+.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-peers soak
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -20,8 +21,12 @@ run-tls:
 	@echo "run-tls: trust it with: curl --cacert $(TLS_DIR)/cert.pem https://127.0.0.1:8080/healthz"
 	$(TARGET_DIR)/release/gateway --tls-cert $(TLS_DIR)/cert.pem --tls-key $(TLS_DIR)/key.pem
 
+## cluster: nats-server (JetStream), feed-sim, two gateways and HAProxy on loopback; Ctrl-C stops all
+cluster:
+	deploy/cluster.sh
+
 ## test: install what the tests need, lint, then every test suite
-test: setup lint test-rust test-examples test-browser test-prometheus
+test: setup lint test-rust test-examples test-browser test-prometheus test-cluster
 	@echo "make test: all suites passed"
 
 setup:
@@ -36,6 +41,11 @@ test-rust:
 
 build-debug:
 	$(CARGO) build -p gateway
+
+## nats-server, feed-sim, gateways and HAProxy as processes: contract section 5
+test-cluster:
+	$(CARGO) build -p gateway -p feed-sim
+	python3 deploy/tests/cluster_test.py
 
 ## example clients (Python, Node) against a real gateway
 test-examples: build-debug
@@ -53,6 +63,15 @@ test-prometheus: build-debug
 observe:
 	grafana/observe.sh
 
-## bench: release builds, the benchmark scenarios, docs/benchmarks.md
+## bench: release builds, the benchmark scenarios and the soak, docs/benchmarks.md
 bench:
 	load-tests/bench.sh
+
+## soak: 30 minutes at the standard load with churning sessions, unscraped; RSS slope and
+## RSS after the clients leave, into docs/benchmarks.md (SOAK_MINUTES=N for a shorter run)
+soak:
+	load-tests/soak.sh
+
+## bench-peers: the gateway beside a Bun pub/sub server and a bare tokio fan-out, one sitting
+bench-peers:
+	load-tests/bench_peers.sh

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # `make bench`: release builds, then issue 5's scenarios (a)–(f) against a release gateway on
 # loopback, and the results table in docs/benchmarks.md (between its bench:begin/end markers;
-# the rest of that file is hand-written and kept).
+# the rest of that file is hand-written and kept); then issue 14's soak (load-tests/soak.sh,
+# its own soak:begin/end section of the same file).
 #
 # The gateway runs pinned to core 0 with one shard, the tester pinned to core 1, where the
-# machine has two cores and taskset. Every gateway started here is stopped by its PID.
+# machine has two cores and taskset (settings and helpers: bench_runs.sh, shared with
+# bench_peers.sh). Every gateway started here is stopped by its PID.
 #
 # Environment:
-#   BENCH_QUICK=1      shorter runs (a smoke test of this script, not figures to publish)
+#   BENCH_QUICK=1      shorter runs (a smoke test of this script, not figures to publish;
+#                      the soak then runs 2 minutes unless SOAK_MINUTES says otherwise)
 #   BENCH_OUT=FILE     write the report there instead of docs/benchmarks.md
 #   CARGO_TARGET_DIR   where the release binaries are built (default: ./target)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH_TAG=bench
+# shellcheck source=load-tests/bench_runs.sh
+source "$(dirname "$0")/bench_runs.sh"
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
-QUICK=${BENCH_QUICK:-0}
-S=500 # symbols
-K=10  # symbols per client
 
 # Run lengths (seconds): measured window and warmup per scenario.
 if [[ $QUICK == 1 ]]; then
@@ -27,97 +27,18 @@ else
     DUR=20; WARM=3; DUR_LONG=30; SEARCH_DUR=8
 fi
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "building release binaries"
 cargo build --release -p gateway -p load-tests
 GW_BIN=$TARGET_DIR/release/gateway
-LT_BIN=$TARGET_DIR/release/load-tests
 
-GW_PIN=()
-LT_PIN=()
-if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
-    GW_PIN=(taskset -c 0)
-    LT_PIN=(taskset -c 1)
-fi
-
-WORK=$(mktemp -d /tmp/bench.XXXXXX)
-GW_PID=""
-GW_PORT=""
-cleanup() {
-    if [[ -n $GW_PID ]]; then
-        kill "$GW_PID" 2>/dev/null || true
-        wait "$GW_PID" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-
-COMMANDS=$WORK/commands.txt
-: >"$COMMANDS"
-
-# start_gateway RATE [extra flags…]: sets GW_PID, GW_PORT
+# start_gateway RATE [extra flags…]: sets SRV_PID, SRV_PORT
 start_gateway() {
     local rate=$1
     shift
-    local args=(--listen 127.0.0.1:0 --shards 1 --sim-symbols "$S" --sim-rate "$rate" "$@")
-    echo "${GW_PIN[*]} gateway ${args[*]}" >>"$COMMANDS"
-    "${GW_PIN[@]}" "$GW_BIN" "${args[@]}" >"$WORK/gw.out" 2>"$WORK/gw.err" &
-    GW_PID=$!
-    for _ in $(seq 100); do
-        GW_PORT=$(sed -nE 's#.*http://[0-9.]+:([0-9]+)/.*#\1#p' "$WORK/gw.out" | head -n1)
-        [[ -n $GW_PORT ]] && break
-        sleep 0.1
-    done
-    if [[ -z $GW_PORT ]]; then
-        log "the gateway did not start:"
-        cat "$WORK/gw.err" >&2
-        exit 2
-    fi
-    # Let the feed and the shards settle before the RSS baseline and the first connection.
-    sleep 1
+    start_server gateway "$GW_BIN" --listen 127.0.0.1:0 --shards 1 --sim-symbols "$S" \
+        --sim-rate "$rate" "$@"
 }
-
-stop_gateway() {
-    kill "$GW_PID" 2>/dev/null || true
-    wait "$GW_PID" 2>/dev/null || true
-    GW_PID=""
-    # Let the sessions' sockets leave the loopback before the next gateway starts.
-    sleep 1
-}
-
-# run_lt NAME [flags…]: one load-tests run against the current gateway, report in $WORK/NAME.json
-run_lt() {
-    local name=$1
-    shift
-    local args=(--url "ws://127.0.0.1:$GW_PORT/ws" -k "$K" --gateway-pid "$GW_PID" "$@")
-    echo "${LT_PIN[*]} load-tests ${args[*]} --json $name.json" >>"$COMMANDS"
-    local rc=0
-    "${LT_PIN[@]}" "$LT_BIN" "${args[@]}" --json "$WORK/$name.json" \
-        >"$WORK/$name.summary" 2>"$WORK/$name.progress" || rc=$?
-    if [[ $rc -ge 2 || ! -s $WORK/$name.json ]]; then
-        log "load-tests failed for $name (exit $rc):"
-        tail -n 20 "$WORK/$name.progress" >&2
-        exit 2
-    fi
-    log "$name: $(jget "$WORK/$name.json" total.deliveries_per_sec) deliveries/s," \
-        "fast p99 $(jget "$WORK/$name.json" fast.age_ms.p99) ms," \
-        "gateway cpu $(jget "$WORK/$name.json" gateway.cpu_percent_of_core)%"
-}
-
-# jget FILE a.b.c: one value of a JSON report
-jget() {
-    python3 - "$1" "$2" <<'EOF'
-import json, sys
-v = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v = v.get(k) if isinstance(v, dict) else None
-print("null" if v is None else (f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else v))
-EOF
-}
-
-# le A B: A <= B (floats)
-le() { python3 -c "import sys; sys.exit(0 if float('$1') <= float('$2') else 1)"; }
+stop_gateway() { stop_server; }
 
 # ---- (a) standard workload ---------------------------------------------------------------
 log "(a) standard: R=2000, C=1000"
@@ -226,12 +147,14 @@ stop_gateway
 
 # ---- the report --------------------------------------------------------------------------------
 log "writing $OUT"
-MACHINE_CPU=$(lscpu 2>/dev/null | sed -nE 's/^Model name:[[:space:]]+//p' | head -n1)
-MACHINE_CORES=$(nproc)
-KERNEL=$(uname -r)
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-export WORK OUT S K QUICK MACHINE_CPU MACHINE_CORES KERNEL LOAD_BEFORE LOAD_AFTER
-export B1_R B1_NAME B1_FAIL B5_R B5_NAME B5_FAIL C1_R C5_R
-export PINNED=$([[ ${#GW_PIN[@]} -gt 0 ]] && echo yes || echo no)
+export_machine
+export OUT B1_R B1_NAME B1_FAIL B5_R B5_NAME B5_FAIL C1_R C5_R
 python3 "$ROOT/load-tests/bench_report.py"
 log "done: $OUT (raw JSON reports and logs of every run: $WORK)"
+
+# ---- the soak (issue 14): its own gateway, its own section of the same file -------------------
+if [[ $QUICK == 1 ]]; then
+    export SOAK_MINUTES=${SOAK_MINUTES:-2}
+fi
+log "soak: ${SOAK_MINUTES:-30} minutes at the standard load with churn, unscraped"
+SOAK_OUT=$OUT "$ROOT/load-tests/soak.sh" || log "soak: a target was missed or the run failed (see above)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, and nothing that is already there.
 # Idempotent: `make test` runs it every time; a second run takes a second.
-#   - Debian packages: prometheus (+ promtool), nats-server, chromium (headless browser tests),
-#     openssl (test certificates and keys, make run-tls)
+#   - Debian packages: prometheus (+ promtool), nats-server, haproxy (the cluster tests and
+#     make cluster), chromium (headless browser tests), openssl (test certificates and keys,
+#     make run-tls)
 #   - Python: websockets (the example clients and the end-to-end tests)
 #   - Node: playwright-core for the browser test (uses the system Chromium, never downloads one)
 set -euo pipefail
@@ -12,6 +13,7 @@ need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -35,4 +37,4 @@ if [ -f examples/node/package.json ] && [ ! -d examples/node/node_modules/ws ]; 
   echo "setup: installing ws (npm) for the Node example client"
   (cd examples/node && npm install --no-audit --no-fund --silent)
 fi
-echo "setup: ok (prometheus, nats-server, chromium, openssl, python websockets, playwright-core, ws)"
+echo "setup: ok (prometheus, nats-server, haproxy, chromium, openssl, python websockets, playwright-core, ws)"

@@ -1,8 +1,11 @@
 //! The simulated market: S symbols, each a seeded random walk, updated at a total rate with
-//! skewed activity (a few hot symbols, a long quiet tail), as in a real market.
+//! skewed activity (a few hot symbols, a long quiet tail), as in a real market, or with uniform
+//! activity (every symbol equally often), as the peer servers' feeds in `make bench-peers`.
 //!
-//! This crate is pure: [`Simulator::next_update`] produces the next quote, and the caller (the
-//! gateway's feed driver) decides when. The same seed gives the same market, update by update.
+//! The library is pure: [`Simulator::next_update`] produces the next quote, and the caller (the
+//! gateway's embedded feed, or the `feed-sim` process) decides when. The same seed gives the
+//! same market, update by update. The `feed-sim` binary (`src/main.rs`) publishes it on NATS
+//! (contract section 5), records it, or replays a recording.
 
 use proto::{Price, Quote};
 use rand::distr::weighted::WeightedIndex;
@@ -19,6 +22,33 @@ pub const DEFAULT_SEED: u64 = 42;
 /// Activity skew: symbol `i` (0-based, by rank) updates in proportion to `1 / (i + 1)^SKEW`.
 /// With 500 symbols the hottest takes ~15% of all updates and the quietest ~0.03%.
 pub const SKEW: f64 = 1.0;
+
+/// Which symbols the updates go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activity {
+    /// Symbol `i` (by rank) gets updates in proportion to `1 / (i + 1)^SKEW`: a real market's
+    /// shape, and the default.
+    #[default]
+    Skewed,
+    /// Every update goes to a symbol drawn uniformly: the model of the peers' feeds, so that a
+    /// benchmark against them compares like with like.
+    Uniform,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Skewed => "skewed",
+            Activity::Uniform => "uniform",
+        }
+    }
+}
+
+/// How the next updated symbol is drawn.
+enum Picker {
+    Weighted(WeightedIndex<f64>),
+    Uniform(usize),
+}
 
 /// Well-known instruments listed first, with a plausible starting price and precision.
 const KNOWN: &[(&str, f64, u8)] = &[
@@ -89,13 +119,20 @@ struct Walk {
 pub struct Simulator {
     specs: Vec<SymbolSpec>,
     walks: Vec<Walk>,
-    activity: WeightedIndex<f64>,
+    picker: Picker,
     rng: SmallRng,
 }
 
 impl Simulator {
-    /// A market of `symbols` instruments (at least 1), seeded with `seed`.
+    /// A market of `symbols` instruments (at least 1), seeded with `seed`, with skewed activity.
     pub fn new(symbols: usize, seed: u64) -> Simulator {
+        Simulator::with_activity(symbols, seed, Activity::Skewed)
+    }
+
+    /// A market of `symbols` instruments (at least 1), seeded with `seed`, whose updates are
+    /// spread over the symbols as `activity` says. The symbols and their opening quotes do not
+    /// depend on `activity`.
+    pub fn with_activity(symbols: usize, seed: u64, activity: Activity) -> Simulator {
         let symbols = symbols.max(1);
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut specs = Vec::with_capacity(symbols);
@@ -121,9 +158,16 @@ impl Simulator {
             specs.push(SymbolSpec { name, precision });
             walks.push(Walk { bid: units, spread, quote });
         }
-        let weights = (0..symbols).map(|i| 1.0 / ((i + 1) as f64).powf(SKEW));
-        let activity = WeightedIndex::new(weights).expect("weights are positive and finite");
-        Simulator { specs, walks, activity, rng }
+        let picker = match activity {
+            Activity::Skewed => {
+                let weights = (0..symbols).map(|i| 1.0 / ((i + 1) as f64).powf(SKEW));
+                Picker::Weighted(
+                    WeightedIndex::new(weights).expect("weights are positive and finite"),
+                )
+            }
+            Activity::Uniform => Picker::Uniform(symbols),
+        };
+        Simulator { specs, walks, picker, rng }
     }
 
     /// The instruments, in rank order (the hottest first).
@@ -142,10 +186,23 @@ impl Simulator {
         *q
     }
 
+    /// Continues symbol `i` from `quote`, the last one published for it (read back from a
+    /// stream after a restart): its next update has `seq` one above, and its walk goes on from
+    /// that quote's prices and volume. `quote` must be in the symbol's precision.
+    pub fn resume(&mut self, i: usize, quote: Quote) {
+        let walk = &mut self.walks[i];
+        walk.bid = quote.bid.0.max(1);
+        walk.spread = (quote.ask.0 - quote.bid.0).max(1);
+        walk.quote = quote;
+    }
+
     /// Advances the market by one update stamped `ts` (ns since the epoch): returns the
     /// updated symbol's index and its new quote, whose `seq` is one more than its previous.
     pub fn next_update(&mut self, ts: u64) -> (usize, Quote) {
-        let i = self.activity.sample(&mut self.rng);
+        let i = match &self.picker {
+            Picker::Weighted(w) => w.sample(&mut self.rng),
+            Picker::Uniform(n) => self.rng.random_range(0..*n),
+        };
         let rng = &mut self.rng;
         let walk = &mut self.walks[i];
         // A step of -2..=2 ticks, never below one tick.
@@ -199,6 +256,24 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_symbol_continues_its_seq_and_prices() {
+        let mut sim = Simulator::new(1, 9);
+        let last = Quote {
+            seq: 41,
+            bid: Price(10_000),
+            ask: Price(10_002),
+            volume: 700,
+            ..Quote::default()
+        };
+        sim.resume(0, last);
+        assert_eq!(sim.opening_quote(0, 5).seq, 41, "a resumed symbol is open already");
+        let (_, next) = sim.next_update(6);
+        assert_eq!(next.seq, 42);
+        assert!((next.bid.0 - 10_000).abs() <= 2, "{next:?}");
+        assert!(next.volume >= 700);
+    }
+
+    #[test]
     fn activity_is_skewed_towards_the_first_symbols() {
         let mut sim = Simulator::new(500, 3);
         let mut counts = vec![0u32; 500];
@@ -210,5 +285,21 @@ mod tests {
         assert!(head > 20 * tail, "head {head} tail {tail}");
         assert_eq!(sim.symbols()[0].name, "AAPL");
         assert_eq!(sim.symbols()[499].name, "SYM0499");
+    }
+
+    #[test]
+    fn uniform_activity_spreads_updates_evenly_over_the_same_symbols() {
+        let mut sim = Simulator::with_activity(500, 3, Activity::Uniform);
+        assert_eq!(sim.symbols(), Simulator::new(500, 3).symbols());
+        let mut counts = vec![0u32; 500];
+        for ts in 0..500_000 {
+            counts[sim.next_update(ts).0] += 1;
+        }
+        // 1,000 expected per symbol; a binomial's spread is ~32, so ±20% never trips by chance.
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*min > 800 && *max < 1200, "min {min} max {max}");
+        let head: u32 = counts[..10].iter().sum();
+        let tail: u32 = counts[490..].iter().sum();
+        assert!(head < tail * 5 / 4 && tail < head * 5 / 4, "head {head} tail {tail}");
     }
 }

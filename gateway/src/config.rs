@@ -1,17 +1,26 @@
 //! Configuration: one flag and one environment variable per setting, every default a named
 //! constant here, with the reason for its value. `gateway --help` shows them all.
+//!
+//! `--config FILE` (TOML) sets any of them under the flag's long name (`max-connections`, or
+//! `max_connections`). Precedence: flag, then environment, then file, then default. The file's
+//! keys are checked against clap's own definition of the flags, so every flag, including one
+//! added later, is a valid key with the same parser; this module never lists the settings twice.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory as _, FromArgMatches as _, Parser};
 
 /// Contract default (section 1).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Contract default (section 1): the simulator inside the process.
 pub const DEFAULT_FEED: &str = "sim";
+/// Contract default (section 5): the JetStream stream a NATS feed reads.
+pub const DEFAULT_NATS_STREAM: &str = "MD_QUOTES";
 /// At least one message every 5 s lets a dashboard call a feed dead within seconds, at a
 /// negligible cost (a 40-byte frame per idle session every 5 s).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
@@ -81,12 +90,38 @@ pub const DEFAULT_SIM_SEED: u64 = feed_sim::DEFAULT_SEED;
 pub const DEFAULT_PROXY_PROTOCOL: bool = false;
 /// Authentication-failure log lines per second (see `access::audit`).
 pub const DEFAULT_AUTH_LOG_PER_SEC: u32 = crate::access::audit::DEFAULT_AUTH_LOG_PER_SEC;
+/// Skewed, as a real market is: a few hot symbols, a long quiet tail. `uniform` is for
+/// benchmarks against servers whose feeds spread updates evenly (`make bench-peers`).
+pub const DEFAULT_SIM_ACTIVITY: SimActivity = SimActivity::Skewed;
+
+/// How the simulated feed spreads its updates over the symbols (`--sim-activity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimActivity {
+    /// Symbol i (by rank) gets updates in proportion to 1/(i+1): a few hot symbols, a long tail
+    Skewed,
+    /// Every symbol equally often
+    Uniform,
+}
+
+impl From<SimActivity> for feed_sim::Activity {
+    fn from(a: SimActivity) -> feed_sim::Activity {
+        match a {
+            SimActivity::Skewed => feed_sim::Activity::Skewed,
+            SimActivity::Uniform => feed_sim::Activity::Uniform,
+        }
+    }
+}
 
 /// Real-time market data push gateway: quotes over WebSocket, with snapshots, conflation,
 /// heartbeats and hard limits. Every flag can also be set by the environment variable shown.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gateway", version, about, long_about = None)]
 pub struct Config {
+    /// TOML file of settings, named as the flags (`max-connections = 5000`); flags and
+    /// environment variables override it
+    #[arg(long, env = "GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to serve HTTP and WebSocket on (port 0: an ephemeral port)
     #[arg(long, env = "GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -94,6 +129,10 @@ pub struct Config {
     /// Quote source: `sim` (the simulator in this process) or a NATS URL (nats://HOST:PORT)
     #[arg(long, env = "GATEWAY_FEED", default_value = DEFAULT_FEED)]
     pub feed: String,
+
+    /// NATS feed: the JetStream stream that keeps the last quote of every symbol
+    #[arg(long, env = "GATEWAY_NATS_STREAM", default_value = DEFAULT_NATS_STREAM)]
+    pub nats_stream: String,
 
     /// Name of this node, announced in `welcome` (default: the host name)
     #[arg(long, env = "GATEWAY_SERVER_ID")]
@@ -110,6 +149,10 @@ pub struct Config {
     /// Simulated feed: random seed (the same seed gives the same market)
     #[arg(long = "sim-seed", env = "GATEWAY_SIM_SEED", default_value_t = DEFAULT_SIM_SEED)]
     pub sim_seed: u64,
+
+    /// Simulated feed: how updates are spread over the symbols
+    #[arg(long = "sim-activity", env = "GATEWAY_SIM_ACTIVITY", value_enum, default_value_t = DEFAULT_SIM_ACTIVITY)]
+    pub sim_activity: SimActivity,
 
     /// Heartbeat interval announced in `welcome`: an idle session gets a message this often
     #[arg(long, env = "GATEWAY_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
@@ -245,7 +288,40 @@ pub struct Config {
     pub panic_on_symbol: Option<String>,
 }
 
+/// Why the configuration could not be read. Either way the gateway exits with 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or environment value (or `--help`, `--version`: see [`clap::Error::use_stderr`]).
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// The `--config` file: unreadable, not TOML, an unknown key or a bad value.
+    #[error("--config {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// Flags that are no settings and so no keys of the file.
+const NOT_FILE_KEYS: [&str; 3] = ["config", "help", "version"];
+
 impl Config {
+    /// Parses `args` (the program name first) and the environment, then the `--config` file if
+    /// one is named: flag, then environment, then file, then default.
+    pub fn load<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Config::command();
+        let matches = command.clone().try_get_matches_from(&args)?;
+        if let Some(path) = matches.get_one::<PathBuf>("config") {
+            let from_file = file_args(&command, &matches, path)?;
+            args.extend(from_file);
+            let matches = command.try_get_matches_from(&args)?;
+            return Ok(Config::from_arg_matches(&matches)?);
+        }
+        Ok(Config::from_arg_matches(&matches)?)
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
@@ -340,6 +416,86 @@ fn readable_file(flag: &str, path: &Path) -> Result<(), String> {
     std::fs::File::open(path).map(drop).map_err(|e| format!("{flag} {shown}: cannot read it: {e}"))
 }
 
+/// The flags the file stands for, for the settings neither a flag nor the environment set.
+/// Each key is checked alone with the flag's own parser, so an error names the key.
+fn file_args(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    path: &std::path::Path,
+) -> Result<Vec<OsString>, ConfigError> {
+    let fail = |message: String| ConfigError::File { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| fail(format!("not valid TOML: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let long = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+            .filter(|a| !NOT_FILE_KEYS.contains(&a.get_id().as_str()) && !a.is_hide_set())
+            .ok_or_else(|| {
+                fail(format!(
+                    "unknown setting `{key}`: a key is a flag's long name without `--` \
+                     (such as `max-connections`); `gateway --help` lists them"
+                ))
+            })?;
+        if !seen.insert(long.clone()) {
+            return Err(fail(format!("`{key}` is given twice (as kebab-case and snake_case)")));
+        }
+        let id = arg.get_id().as_str();
+        if matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flags = flags_for(arg, &long, value).map_err(|why| fail(format!("`{key}`: {why}")))?;
+        let alone = std::iter::once(OsString::from("gateway")).chain(flags.iter().cloned());
+        if let Err(e) = command.clone().try_get_matches_from(alone) {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let why = first.strip_prefix("error: ").unwrap_or(first);
+            return Err(fail(format!("`{key}`: {why}")));
+        }
+        out.extend(flags);
+    }
+    Ok(out)
+}
+
+/// The command-line form of one file value: `--long=VALUE` once per value, or the bare flag
+/// for a switch set to `true`.
+fn flags_for(arg: &clap::Arg, long: &str, value: &toml::Value) -> Result<Vec<OsString>, String> {
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err("expected a string, a number or a boolean".to_string()),
+    };
+    match arg.get_action() {
+        ArgAction::SetTrue | ArgAction::SetFalse => match value {
+            toml::Value::Boolean(on) => {
+                let set = *on == matches!(arg.get_action(), ArgAction::SetTrue);
+                Ok(if set { vec![format!("--{long}").into()] } else { Vec::new() })
+            }
+            _ => Err("expected true or false".into()),
+        },
+        ArgAction::Append => {
+            let values: Vec<String> = match value {
+                toml::Value::Array(items) => items.iter().map(scalar).collect::<Result<_, _>>()?,
+                one => vec![scalar(one)?],
+            };
+            Ok(values.into_iter().map(|v| format!("--{long}={v}").into()).collect())
+        }
+        _ => match value {
+            toml::Value::Array(_) => Err("expected one value, not a list".into()),
+            one => Ok(vec![format!("--{long}={}", scalar(one)?).into()]),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +571,112 @@ mod tests {
     fn proxy_protocol_is_a_switch() {
         assert!(parse(&["--proxy-protocol"]).unwrap().proxy_protocol);
         assert!(!parse(&[]).unwrap().proxy_protocol);
+    }
+
+    fn file(text: &str) -> (tempdir::Dir, String) {
+        let dir = tempdir::Dir::new();
+        let path = dir.path.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.display().to_string();
+        (dir, path)
+    }
+
+    /// A directory removed when dropped (no crate for so little).
+    mod tempdir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "gateway-config-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load(std::iter::once("gateway").chain(args.iter().copied()))
+    }
+
+    fn file_error(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::File { message, .. }) => message,
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_file_sets_any_flag_by_its_long_name_in_kebab_or_snake_case() {
+        let (_dir, path) = file(
+            "listen = \"127.0.0.1:9001\"\nmax-connections = 1234\nmax_subscriptions = 7\n\
+             feed = \"nats://127.0.0.1:4222\"\nallowed-origins = [\"https://a\", \"https://b\"]\n\
+             server-id = \"gw-file\"\n",
+        );
+        let config = load(&["--config", &path]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(config.max_connections, 1234);
+        assert_eq!(config.max_subscriptions, 7);
+        assert_eq!(config.feed, "nats://127.0.0.1:4222");
+        assert_eq!(config.allowed_origins, ["https://a", "https://b"]);
+        assert_eq!(config.server_id.as_deref(), Some("gw-file"));
+        assert_eq!(config.heartbeat_ms, DEFAULT_HEARTBEAT_MS, "not in the file: the default");
+    }
+
+    #[test]
+    fn a_flag_beats_the_environment_which_beats_the_file() {
+        // The only test that sets this variable (tests run on threads of one process).
+        let (_dir, path) = file("shutdown-grace-ms = 111\nerror-budget = 9\nshards = 3\n");
+        std::env::set_var("GATEWAY_SHUTDOWN_GRACE_MS", "222");
+        std::env::set_var("GATEWAY_ERROR_BUDGET", "8");
+        let config = load(&["--config", &path, "--error-budget", "7"]);
+        std::env::remove_var("GATEWAY_SHUTDOWN_GRACE_MS");
+        std::env::remove_var("GATEWAY_ERROR_BUDGET");
+        let config = config.unwrap();
+        assert_eq!(config.error_budget, 7, "flag over environment and file");
+        assert_eq!(config.shutdown_grace_ms, 222, "environment over file");
+        assert_eq!(config.shards, 3, "file over default");
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_bad_value_is_named() {
+        let (_dir, path) = file("max-conections = 5\n");
+        let message = file_error(load(&["--config", &path]));
+        assert!(message.contains("unknown setting `max-conections`"), "{message}");
+        let (_dir, path) = file("max-connections = \"lots\"\n");
+        let message = file_error(load(&["--config", &path]));
+        assert!(message.starts_with("`max-connections`: invalid value 'lots'"), "{message}");
+        let (_dir, path) = file("heartbeat-ms = 1\n");
+        let message = file_error(load(&["--config", &path]));
+        assert!(
+            message.contains("`heartbeat-ms`") && message.contains("10..=3600000"),
+            "{message}"
+        );
+        let (_dir, path) = file("listen = [\"a\", \"b\"]\n");
+        assert!(file_error(load(&["--config", &path])).contains("not a list"));
+        let (_dir, path) = file("[section]\nlisten = 1\n");
+        assert!(file_error(load(&["--config", &path])).contains("unknown setting `section`"));
+        let (_dir, path) = file("config = \"other.toml\"\n");
+        assert!(file_error(load(&["--config", &path])).contains("unknown setting `config`"));
+        let (_dir, path) = file("listen = \n");
+        assert!(file_error(load(&["--config", &path])).contains("not valid TOML"));
+        let message = file_error(load(&["--config", "/nonexistent/gateway.toml"]));
+        assert!(message.contains("cannot read it"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_flag_is_still_the_flags_error() {
+        assert!(matches!(load(&["--max-connections", "x"]), Err(ConfigError::Flags(_))));
     }
 }

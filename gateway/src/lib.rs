@@ -21,8 +21,9 @@
 //! - [`routes`]: what each HTTP endpoint answers, and the checks before a session opens.
 //! - [`server`]: shards, the feed thread, the accept loop, shutdown; [`run`] is the gateway.
 //! - [`access`]: who a request is and which symbols it may see (tokens, JWT, entitlements).
-//! - [`state`], [`config`], [`metrics`], [`clock`]: shared state,
-//!   settings, the Prometheus metrics, time.
+//! - [`state`], [`config`], [`metrics`], [`clock`]: shared state, settings, the Prometheus
+//!   metrics, time.
+//! - [`memory`]: freed heap memory returned to the system on a timer.
 //!
 //! Layers (imports point one way): config, clock, metrics -> store -> feed -> session ->
 //! shard -> routes, net -> server.
@@ -31,6 +32,7 @@ pub mod access;
 pub mod clock;
 pub mod config;
 pub mod feed;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod routes;

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser;
+use gateway::config::ConfigError;
 use gateway::Config;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -14,11 +14,15 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::load(std::env::args_os()) {
         Ok(config) => config,
-        Err(e) => {
+        Err(ConfigError::Flags(e)) => {
             let _ = e.print();
             return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+        }
+        Err(e @ ConfigError::File { .. }) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(EX_USAGE);
         }
     };
     if let Err(message) = config.validate() {

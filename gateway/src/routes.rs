@@ -41,9 +41,15 @@ pub struct Admission {
 pub enum Route {
     Respond(Response),
     /// Answer 101 and run a WebSocket session.
-    WebSocket { accept: String, admission: Admission },
+    WebSocket {
+        accept: String,
+        admission: Admission,
+    },
     /// Answer `text/event-stream` and run an SSE session.
-    Sse { admission: Admission, subscription: SseSubscription },
+    Sse {
+        admission: Admission,
+        subscription: SseSubscription,
+    },
 }
 
 /// Decides the answer to one request.
@@ -83,14 +89,14 @@ pub fn route(gw: &Arc<Gateway>, head: &RequestHead, peer: SocketAddr, listener: 
         "/metrics" => respond(metrics(gw)),
         "/healthz" => respond(Response::text(200, "ok\n")),
         "/readyz" => respond(readyz(gw)),
-        "/symbols" => match authenticate(gw, head, &query, peer) {
-            Ok(grant) => respond(symbols(gw, &grant)),
+        "/symbols" => respond(match authenticate(gw, head, &query, peer) {
+            Ok(grant) => symbols(gw, &grant),
             Err(refusal) => refusal,
-        },
-        "/snapshot" => match authenticate(gw, head, &query, peer) {
-            Ok(grant) => respond(snapshot(gw, &grant, &query)),
+        }),
+        "/snapshot" => respond(match authenticate(gw, head, &query, peer) {
+            Ok(grant) => snapshot(gw, &grant, &query),
             Err(refusal) => refusal,
-        },
+        }),
         "/ws" => upgrade(gw, head, &query, peer),
         "/sse" => sse(gw, head, &query, peer),
         _ => respond(Response::text(
@@ -178,10 +184,10 @@ fn snapshot(gw: &Gateway, grant: &Grant, query: &Query<'_>) -> Response {
     Response::json(200, out)
 }
 
-fn refused(gw: &Gateway, peer: SocketAddr, status: u16, message: String) -> Route {
+fn refused(gw: &Gateway, peer: SocketAddr, status: u16, message: String) -> Response {
     gw.metrics.handshake_rejected(status);
     tracing::debug!(%peer, status, %message, "session refused");
-    Route::Respond(Response::text(status, message))
+    Response::text(status, message)
 }
 
 /// The request's grant, from its `Authorization` header or `token` parameter; refusals are
@@ -191,23 +197,21 @@ fn authenticate(
     head: &RequestHead,
     query: &Query<'_>,
     peer: SocketAddr,
-) -> Result<Arc<Grant>, Route> {
+) -> Result<Arc<Grant>, Response> {
     let access = gw.access.load();
     let authorization = head.authorization.as_deref().map(str::as_bytes);
     access.authenticate_request(authorization, query.get("token"), SystemTime::now()).map_err(
         |failure: AuthFailure| {
             gw.metrics.auth_failed(failure);
             gw.audit_auth_failure(peer, failure);
-            Route::Respond(
-                Response::text(
-                    401,
-                    format!(
-                        "a valid access token is required ({}): Authorization: Bearer TOKEN, or ?token=TOKEN\n",
-                        failure.as_str()
-                    ),
-                )
-                .header("WWW-Authenticate", "Bearer"),
+            Response::text(
+                401,
+                format!(
+                    "a valid access token is required ({}): Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+                    failure.as_str()
+                ),
             )
+            .header("WWW-Authenticate", "Bearer")
         },
     )
 }
@@ -218,7 +222,7 @@ fn admit(
     head: &RequestHead,
     query: &Query<'_>,
     peer: SocketAddr,
-) -> Result<Admission, Route> {
+) -> Result<Admission, Response> {
     if !gw.origin_allowed(head.origin.as_deref()) {
         return Err(refused(gw, peer, 403, "origin not allowed\n".into()));
     }
@@ -226,7 +230,7 @@ fn admit(
         authenticate(gw, head, query, peer).inspect_err(|_| gw.metrics.handshake_rejected(401))?;
     let busy = |why: String| {
         gw.metrics.handshake_rejected(503);
-        Route::Respond(Response::text(503, format!("{why}: retry later\n")).header("Retry-After", "1"))
+        Response::text(503, format!("{why}: retry later\n")).header("Retry-After", "1")
     };
     let slot = gw.sessions_per_grant.try_acquire(&grant).map_err(|limit| {
         busy(format!("{} has its {} sessions open", limit.principal, limit.limit))
@@ -256,7 +260,7 @@ fn upgrade(gw: &Arc<Gateway>, head: &RequestHead, query: &Query<'_>, peer: Socke
     let accept = ws::accept_key(key.as_bytes());
     match admit(gw, head, query, peer) {
         Ok(admission) => Route::WebSocket { accept, admission },
-        Err(route) => route,
+        Err(refusal) => Route::Respond(refusal),
     }
 }
 
@@ -295,7 +299,7 @@ fn sse(gw: &Arc<Gateway>, head: &RequestHead, query: &Query<'_>, peer: SocketAdd
     };
     let admission = match admit(gw, head, query, peer) {
         Ok(admission) => admission,
-        Err(route) => return route,
+        Err(refusal) => return Route::Respond(refusal),
     };
     let symbols = if names == ["*"] {
         Symbols::All
@@ -314,5 +318,8 @@ fn sse(gw: &Arc<Gateway>, head: &RequestHead, query: &Query<'_>, peer: SocketAdd
         }
         Symbols::List(names.iter().map(|n| n.to_string()).collect())
     };
-    Route::Sse { admission, subscription: SseSubscription { symbols, snapshot, throttle_ms, resume } }
+    Route::Sse {
+        admission,
+        subscription: SseSubscription { symbols, snapshot, throttle_ms, resume },
+    }
 }

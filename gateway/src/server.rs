@@ -56,6 +56,7 @@ pub async fn run(
     let _stop_on_drop = StopOnDrop { feed: feed_stop.clone(), shards: inboxes.clone() };
 
     let mut publisher = Publisher::new(Arc::clone(&store), inboxes.clone(), Arc::clone(&metrics));
+    metrics.set_feed_name(feed.name());
     feed.prime(&mut publisher);
     let feed_name = feed.name();
     let (feed_done_tx, mut feed_done) = tokio::sync::oneshot::channel();
@@ -73,8 +74,11 @@ pub async fn run(
         }));
     }
     drop(shard_failed_tx);
+    // Freed memory goes back to the system while the gateway runs (docs/operations.md).
+    tokio::spawn(crate::memory::return_freed_memory(feed_stop.clone()));
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), feed = feed_name,
+        activity = feed_sim::Activity::from(config.sim_activity).as_str(),
         server = %gateway.server_name, "gateway serving"
     );
 

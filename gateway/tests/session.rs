@@ -426,3 +426,23 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
     assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1007));
     let (_other, _) = gw.client().await;
 }
+
+#[tokio::test]
+async fn a_feed_slower_than_ten_updates_a_second_still_updates() {
+    // 5 updates/s over 2 symbols, uniform: the feed's catch-up bound (100 ms of updates) is
+    // under one update here, and must not swallow them all.
+    let gw = TestGateway::start_with(|c| {
+        c.sim_symbols = 2;
+        c.sim_rate = 5;
+        c.sim_activity = gateway::config::SimActivity::Uniform;
+    })
+    .await;
+    let (mut ws, _) = gw.client().await;
+    subscribe(&mut ws, 1, &["AAPL", "MSFT"]).await;
+    let mut quotes = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Some(m) = recv_within(&mut ws, until - tokio::time::Instant::now()).await {
+        quotes += usize::from(m["type"] == "quote");
+    }
+    assert!(quotes >= 5, "~15 quotes expected in 3 s at 5 updates/s, got {quotes}");
+}

@@ -722,8 +722,9 @@ def main() -> int:
         rules = [r for g in prom.api("rules").get("data", {}).get("groups", []) for r in g.get("rules", [])]
         names = sorted(r.get("name") for r in rules)
         want = sorted(["GatewayDown", "GatewayFeedStale", "GatewayP99LatencyHigh", "GatewaySlowConsumerSpike",
-                       "GatewayConnectionLimitNear"])
-        check(names == want, "Prometheus loads the five alert rules", f"got {names}")
+                       "GatewayConnectionLimitNear", "GatewayFeedDisconnected", "GatewayFeedLagHigh",
+                       "GatewayFeedRejectingUpdates"])
+        check(names == want, "Prometheus loads the eight alert rules", f"got {names}")
         for r in rules:
             ok = r.get("health") == "ok" and not r.get("lastError")
             # every metric the rule reads exists in the live data
@@ -731,7 +732,8 @@ def main() -> int:
             absent = [m for m in metrics if not (prom.scalar(f"count({m})") or 0)]
             check(ok and not absent, f"alert {r.get('name')}: evaluates, and its metrics exist",
                   f"health={r.get('health')} lastError={r.get('lastError')!r} absent={absent}")
-            if r.get("name") in ("GatewayDown", "GatewayFeedStale", "GatewayConnectionLimitNear"):
+            if r.get("name") in ("GatewayDown", "GatewayFeedStale", "GatewayConnectionLimitNear",
+                                 "GatewayFeedDisconnected", "GatewayFeedLagHigh", "GatewayFeedRejectingUpdates"):
                 check(r.get("state", "inactive") == "inactive", f"alert {r.get('name')} is quiet on a healthy gateway",
                       f"state={r.get('state')}")
 

@@ -14,19 +14,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::ChurnStats;
 use crate::config::Plan;
 use crate::connect::{self, Dial, ReadBuf};
 use crate::frame::{self, Header};
 use crate::procstat::now_ns;
 use crate::scan::{self, Kind};
-use crate::stats::{Class, ClassStats, ConnectStats};
+use crate::stats::{Class, ClassStats, ConnectStats, ServerStats};
 use crate::symbols::SymbolPicker;
+
+/// One gateway URL, resolved.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host_header: String,
+    pub path: String,
+}
 
 /// What every client of one worker shares (one thread: plain `RefCell`s).
 pub struct WorkerShared {
     pub plan: Plan,
-    pub addr: SocketAddr,
-    pub host_header: String,
+    /// The gateways, as `plan.targets`.
+    pub targets: Vec<Endpoint>,
+    /// Per gateway named in a `welcome`, in order of first appearance (few: a `Vec` search).
+    pub servers: RefCell<Vec<(String, ServerStats)>>,
     /// Symbol names as bytes, indexed by symbol id (position in the list).
     pub names: Vec<Box<[u8]>>,
     pub picker: SymbolPicker,
@@ -39,6 +49,8 @@ pub struct WorkerShared {
     pub window: (u64, u64),
     /// Cancelled when the measured window ends: every client closes.
     pub stop: CancellationToken,
+    /// What the churning sessions counted (`--churn`).
+    pub churn: RefCell<ChurnStats>,
 }
 
 /// A seq no message has carried yet.
@@ -61,6 +73,8 @@ struct Session {
     ids: Vec<u32>,
     last_seq: Vec<u64>,
     got_first: bool,
+    /// Index in `WorkerShared::servers` of the gateway its `welcome` named.
+    server: Option<usize>,
     /// A fragmented message being reassembled (the gateway does not fragment; kept for others).
     fragment: Option<Vec<u8>>,
     /// Frames to send (subscribe, pongs, close), reused.
@@ -83,6 +97,7 @@ impl Session {
             ids,
             last_seq: vec![NO_SEQ; n],
             got_first: false,
+            server: None,
             fragment: None,
             out: Vec::with_capacity(256),
             mask_state: (index as u32).wrapping_mul(2_654_435_761) | 1,
@@ -149,7 +164,7 @@ impl Session {
             let payload = &buf.data[p0..p1];
             match h.opcode {
                 frame::OP_TEXT if h.fin => {
-                    self.on_message(&sh.names, payload, recv_ns, in_window, &mut stats);
+                    self.on_message(sh, payload, recv_ns, in_window, &mut stats);
                     msgs += 1;
                 }
                 frame::OP_TEXT => self.fragment = Some(payload.to_vec()),
@@ -158,7 +173,7 @@ impl Session {
                         f.extend_from_slice(payload);
                         if h.fin {
                             let whole = self.fragment.take().unwrap_or_default();
-                            self.on_message(&sh.names, &whole, recv_ns, in_window, &mut stats);
+                            self.on_message(sh, &whole, recv_ns, in_window, &mut stats);
                             msgs += 1;
                         }
                     }
@@ -185,7 +200,7 @@ impl Session {
 
     fn on_message(
         &mut self,
-        names: &[Box<[u8]>],
+        sh: &WorkerShared,
         msg: &[u8],
         recv_ns: u64,
         in_window: bool,
@@ -207,7 +222,7 @@ impl Session {
                     stats.parse_errors += 1;
                     return;
                 };
-                let Some(slot) = self.slot(names, symbol) else {
+                let Some(slot) = self.slot(&sh.names, symbol) else {
                     stats.unexpected_symbols += 1;
                     return;
                 };
@@ -235,10 +250,20 @@ impl Session {
                 if in_window {
                     stats.deliveries += 1;
                     stats.age_ns.saturating_record(age);
+                    if let Some(i) = self.server {
+                        let servers = &mut sh.servers.borrow_mut()[i].1;
+                        servers.deliveries += 1;
+                        if self.class == Class::Fast {
+                            servers.age_ns.saturating_record(age);
+                        }
+                    }
                 }
             }
             Kind::Heartbeat => stats.heartbeats += 1,
-            Kind::Welcome => stats.welcomes += 1,
+            Kind::Welcome => {
+                stats.welcomes += 1;
+                self.server = Some(server_index(sh, msg));
+            }
             Kind::Ack => stats.acks += 1,
             Kind::Pong => stats.pongs += 1,
             Kind::Error => stats.count_error(f.code.unwrap_or(b"none")),
@@ -247,15 +272,34 @@ impl Session {
     }
 }
 
+/// The index of the gateway a `welcome` names (once per session: a JSON parse is fine).
+fn server_index(sh: &WorkerShared, welcome: &[u8]) -> usize {
+    let name = serde_json::from_slice::<serde_json::Value>(welcome)
+        .ok()
+        .and_then(|v| v.get("server").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".to_string());
+    let mut servers = sh.servers.borrow_mut();
+    let i = match servers.iter().position(|(n, _)| *n == name) {
+        Some(i) => i,
+        None => {
+            servers.push((name, ServerStats::new()));
+            servers.len() - 1
+        }
+    };
+    servers[i].1.sessions += 1;
+    i
+}
+
 /// Runs client `index` of the plan to the end of the run.
 pub async fn run(sh: &WorkerShared, index: u64) {
     let class = sh.plan.class_of(index);
     let src = &sh.plan.source_addrs;
+    let target = &sh.targets[sh.plan.target_of(index)];
     let dial = Dial {
-        addr: sh.addr,
+        addr: target.addr,
         source: (!src.is_empty()).then(|| src[(index % src.len() as u64) as usize]),
-        host_header: &sh.host_header,
-        path: &sh.plan.target.path,
+        host_header: &target.host_header,
+        path: &target.path,
         token: sh.plan.token.as_deref(),
         rcvbuf: sh.plan.rcvbuf,
         timeout: Duration::from_millis(sh.plan.connect_timeout_ms),

@@ -25,9 +25,16 @@ pub const MAX_CLIENTS_PER_SOURCE_ADDR: u64 = 28_000;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "load-tests", version)]
 pub struct Cli {
-    /// WebSocket URL of the gateway (ws:// only). `/symbols` is fetched from the same host:port.
-    #[arg(long, env = "LOADTEST_URL", default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// WebSocket URL of the gateway (ws:// only); several gateways: repeat --url or give a
+    /// comma-separated list, and client i goes to URL i mod N (the report has a row per gateway,
+    /// by `welcome.server`). `/symbols` and `/metrics` are read from the first URL's host:port.
+    #[arg(
+        long,
+        env = "LOADTEST_URL",
+        default_value = "ws://127.0.0.1:8080/ws",
+        value_delimiter = ','
+    )]
+    pub url: Vec<String>,
 
     /// Number of clients (WebSocket sessions) to open.
     #[arg(short = 'c', long, default_value_t = 100)]
@@ -68,6 +75,16 @@ pub struct Cli {
     /// Fraction of clients that are stuck: they subscribe, then never read.
     #[arg(long, default_value_t = 0.0)]
     pub stuck_fraction: f64,
+
+    /// Churning sessions beside the clients: each subscribes to `["*"]`, reads for
+    /// `--churn-hold-ms`, closes with 1000 and reconnects, until the run ends. Counted apart,
+    /// never in the latency figures (the soak scenario's session churn).
+    #[arg(long, default_value_t = 0)]
+    pub churn: u64,
+
+    /// How long each churning session stays open, ms.
+    #[arg(long, default_value_t = 2_000)]
+    pub churn_hold_ms: u64,
 
     /// Seconds measured, after the ramp and the warmup.
     #[arg(long, default_value_t = 10.0)]
@@ -149,7 +166,8 @@ pub struct Cli {
 /// What one worker process runs. The coordinator makes one per worker and sends it as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    pub target: Target,
+    /// The gateways; client i connects to `targets[i % len]`.
+    pub targets: Vec<Target>,
     pub token: Option<String>,
     pub symbols: Vec<String>,
     pub subs: usize,
@@ -175,6 +193,10 @@ pub struct Plan {
     pub connect_timeout_ms: u64,
     pub read_buffer: usize,
     pub rcvbuf: usize,
+    /// Churning `["*"]` sessions this worker runs (worker 0 runs them all), and how long each
+    /// stays open.
+    pub churn: u64,
+    pub churn_hold_ms: u64,
 }
 
 impl Plan {
@@ -187,6 +209,11 @@ impl Plan {
     pub fn window(&self) -> (u64, u64) {
         let start = self.start_ns(self.total_clients) + self.warmup_ns;
         (start, start + self.duration_ns)
+    }
+
+    /// The gateway client `i` (a global index) connects to.
+    pub fn target_of(&self, i: u64) -> usize {
+        (i % self.targets.len().max(1) as u64) as usize
     }
 
     /// The class of client `i`: stuck and slow clients spread evenly over the indexes, so
@@ -214,7 +241,7 @@ mod tests {
 
     fn plan(total: u64, slow: u64, stuck: u64) -> Plan {
         Plan {
-            target: Target::parse("ws://127.0.0.1:1/ws").unwrap(),
+            targets: vec![Target::parse("ws://127.0.0.1:1/ws").unwrap()],
             token: None,
             symbols: vec![],
             subs: 1,
@@ -236,6 +263,8 @@ mod tests {
             connect_timeout_ms: 1,
             read_buffer: 1,
             rcvbuf: 0,
+            churn: 0,
+            churn_hold_ms: 1,
         }
     }
 
@@ -250,6 +279,21 @@ mod tests {
             assert_eq!(count(Class::Slow), slow, "{total} {slow} {stuck}");
             assert_eq!(count(Class::Fast), total - slow - stuck);
         }
+    }
+
+    #[test]
+    fn urls_repeat_or_comma_separate_and_clients_alternate_over_them() {
+        let cli = Cli::parse_from([
+            "load-tests",
+            "--url",
+            "ws://a:1/ws,ws://b:2/ws",
+            "--url",
+            "ws://c:3/ws",
+        ]);
+        assert_eq!(cli.url, ["ws://a:1/ws", "ws://b:2/ws", "ws://c:3/ws"]);
+        let mut p = plan(5, 0, 0);
+        p.targets = cli.url.iter().map(|u| Target::parse(u).unwrap()).collect();
+        assert_eq!((0..5).map(|i| p.target_of(i)).collect::<Vec<_>>(), [0, 1, 2, 0, 1]);
     }
 
     #[test]

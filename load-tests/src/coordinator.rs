@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::churn::ChurnStats;
 use crate::config::{Cli, Plan, FD_RESERVE, MAX_CLIENTS_PER_SOURCE_ADDR};
 use crate::gateway_metrics;
 use crate::procstat::{self, now_ns};
@@ -29,7 +30,8 @@ enum Event {
 pub async fn run(cli: Cli) -> Result<Report> {
     validate(&cli)?;
     let fd_limit = procstat::raise_fd_limit();
-    let target = Target::parse(&cli.url)?;
+    let targets = cli.url.iter().map(|u| Target::parse(u)).collect::<Result<Vec<_>>>()?;
+    let target = targets.first().cloned().ok_or_else(|| anyhow!("--url: at least one URL"))?;
     let symbols = match &cli.symbols {
         Some(s) => s.clone(),
         None => target::fetch_symbols(&target).await?,
@@ -71,7 +73,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
     for (w, addrs) in source_addrs.iter().enumerate() {
         let n = base + u64::from((w as u64) < extra);
         plans.push(Plan {
-            target: target.clone(),
+            targets: targets.clone(),
             token: cli.token.clone(),
             symbols: symbols.clone(),
             subs: cli.subs,
@@ -93,6 +95,8 @@ pub async fn run(cli: Cli) -> Result<Report> {
             connect_timeout_ms: cli.connect_timeout_ms,
             read_buffer: cli.read_buffer,
             rcvbuf: cli.rcvbuf,
+            churn: if w == 0 { cli.churn } else { 0 },
+            churn_hold_ms: cli.churn_hold_ms,
         });
         first += n;
     }
@@ -187,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         window_end,
         workers > 1,
     );
+    printer.churn = cli.churn > 0;
     while reports.iter().any(Option::is_none) {
         match rx.recv().await {
             Some(Event::Worker(w, WorkerEvent::Progress(p))) => {
@@ -214,11 +219,13 @@ pub async fn run(cli: Cli) -> Result<Report> {
     let reports: Vec<WorkerReport> = reports.into_iter().flatten().collect();
     let mut merged = Merged {
         classes: vec![ClassStats::new(), ClassStats::new(), ClassStats::new()],
+        servers: Default::default(),
         connect: ConnectStats::new(),
         peak_open: 0,
         open_at_window_start: 0,
         open_at_window_end: 0,
     };
+    let mut churn = ChurnStats::default();
     let mut tester_cpu = 0.0;
     let mut tester_wait = 0.0;
     for r in &reports {
@@ -226,6 +233,10 @@ pub async fn run(cli: Cli) -> Result<Report> {
             m.merge(c);
         }
         merged.connect.merge(&r.connect);
+        churn.merge(&r.churn);
+        for (name, s) in &r.servers {
+            merged.servers.entry(name.clone()).or_default().merge(s);
+        }
         // Workers peak at about the same time; the sum is an upper bound of the true peak.
         merged.peak_open += r.peak_open;
         merged.open_at_window_start += r.open_at_window_start;
@@ -250,7 +261,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         g
     });
     let settings = Settings {
-        url: cli.url.clone(),
+        url: cli.url.join(","),
         clients: cli.clients,
         ramp_rate: cli.ramp_rate,
         subs: cli.subs,
@@ -265,6 +276,8 @@ pub async fn run(cli: Cli) -> Result<Report> {
         duration_s: cli.duration,
         workers,
         source_addrs: source_addrs.iter().flatten().map(|a| a.to_string()).collect(),
+        churn: cli.churn,
+        churn_hold_ms: cli.churn_hold_ms,
     };
     let tester = CpuReport {
         processes: workers + usize::from(workers > 1),
@@ -277,7 +290,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         None => None,
     };
     let cores = cores_task.await.unwrap_or_default();
-    Ok(Report::build(
+    let mut report = Report::build(
         &cli,
         settings,
         started,
@@ -287,7 +300,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
         gateway,
         gateway_metrics,
         cores,
-    ))
+    );
+    report.churn = (cli.churn > 0).then_some(churn);
+    Ok(report)
 }
 
 fn validate(cli: &Cli) -> Result<()> {
@@ -407,6 +422,7 @@ async fn sample_gateway(g: Rc<RefCell<GatewayReport>>, window_start: u64, window
 struct ProgressPrinter {
     quiet: bool,
     clients: u64,
+    churn: bool,
     epoch_ns: u64,
     ramp_end: u64,
     window_start: u64,
@@ -431,6 +447,7 @@ impl ProgressPrinter {
         ProgressPrinter {
             quiet,
             clients,
+            churn: false,
             epoch_ns,
             ramp_end,
             window_start,
@@ -464,6 +481,15 @@ impl ProgressPrinter {
         } else {
             "closing"
         };
+        let churn = if self.churn {
+            format!(
+                "  churn sessions {} failed {}",
+                sum(|p| p.churn_sessions),
+                sum(|p| p.churn_failures)
+            )
+        } else {
+            String::new()
+        };
         let mut gw = String::new();
         if let Some(pid) = gateway_pid {
             let c = procstat::pid_cpu_seconds(pid);
@@ -478,7 +504,7 @@ impl ProgressPrinter {
         if !self.quiet && dt > 0.0 {
             eprintln!(
                 "[{:>6.1}s {:<7}] open {}/{}  fail {}  quotes/s {:.0}  p99 {:.2} ms  viol {}  \
-                 closes {}  errors {}  tester cpu {:.0}%{gw}",
+                 closes {}  errors {}  tester cpu {:.0}%{churn}{gw}",
                 now.saturating_sub(self.epoch_ns) as f64 / 1e9,
                 phase,
                 sum(|p| p.open),

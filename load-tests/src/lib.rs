@@ -8,6 +8,7 @@
 //!   to their own source addresses past one process's open-file limit), prints progress every
 //!   second, samples the gateway process, merges the workers' figures.
 //! - [`worker`]: runs its clients on one current-thread runtime, on a shared ramp schedule.
+//! - [`churn`]: `--churn`'s reconnecting `["*"]` sessions beside the measured clients.
 //! - [`client`]: one session: [`connect`] (TCP + upgrade), subscribe, then read fast, slowly or
 //!   not at all; per message [`frame`] finds the frame in the read buffer and [`scan`] reads
 //!   `type`/`symbol`/`seq`/`ts` in place, into [`stats`].
@@ -16,6 +17,7 @@
 //! - [`symbols`] draws each client's symbols; [`target`] parses the URL and fetches `/symbols`;
 //!   [`procstat`] reads CPU and memory of the tester and the gateway.
 
+pub mod churn;
 pub mod client;
 pub mod config;
 pub mod connect;

@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::churn::ChurnStats;
 use crate::config::Cli;
 use crate::gateway_metrics::GatewayMetrics;
-use crate::stats::{Class, ClassStats, ConnectStats};
+use crate::stats::{Class, ClassStats, ConnectStats, ServerStats};
 
 /// Percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -132,6 +133,8 @@ pub struct Settings {
     pub duration_s: f64,
     pub workers: usize,
     pub source_addrs: Vec<String>,
+    pub churn: u64,
+    pub churn_hold_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -185,6 +188,18 @@ pub struct Slo {
     pub checks: Vec<Check>,
 }
 
+/// What one gateway gave its sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerReport {
+    /// `welcome.server`.
+    pub server: String,
+    pub sessions: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    /// The fast clients' quote age at receipt.
+    pub fast_age_ms: Percentiles,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub tool: String,
@@ -198,6 +213,8 @@ pub struct Report {
     pub fast: ClassReport,
     pub slow: ClassReport,
     pub stuck: ClassReport,
+    /// One row per gateway, by `welcome.server` (several with several URLs or a load balancer).
+    pub per_gateway: Vec<ServerReport>,
     pub tester: CpuReport,
     pub gateway: Option<GatewayReport>,
     /// The gateway's `/metrics` over the window (absent with `--no-gateway-metrics` or when it
@@ -205,12 +222,15 @@ pub struct Report {
     pub gateway_metrics: Option<GatewayMetrics>,
     /// Every core's use over the window (`/proc/stat`).
     pub cores: Vec<CoreReport>,
+    /// The churning `["*"]` sessions of `--churn`, over the whole run (absent without it).
+    pub churn: Option<ChurnStats>,
     pub slo: Slo,
 }
 
 /// The merged figures of every worker.
 pub struct Merged {
     pub classes: Vec<ClassStats>,
+    pub servers: BTreeMap<String, ServerStats>,
     pub connect: ConnectStats,
     pub peak_open: u64,
     pub open_at_window_start: u64,
@@ -286,10 +306,22 @@ impl Report {
             fast,
             slow: class(Class::Slow),
             stuck: class(Class::Stuck),
+            per_gateway: m
+                .servers
+                .iter()
+                .map(|(server, s)| ServerReport {
+                    server: server.clone(),
+                    sessions: s.sessions,
+                    deliveries: s.deliveries,
+                    deliveries_per_sec: s.deliveries as f64 / window_s.max(1e-9),
+                    fast_age_ms: Percentiles::of(&s.age_ns, 1e6),
+                })
+                .collect(),
             tester,
             gateway,
             gateway_metrics,
             cores,
+            churn: None,
             slo: Slo { passed, checks },
         }
     }
@@ -360,6 +392,30 @@ impl Report {
                 r.order_violations,
                 r.closes_by_code
             );
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                s,
+                "  churn     : {} sessions of {} ms ({} at once), {} closed cleanly; {} messages; \
+                 connect failures {:?}; server closes {:?}",
+                c.sessions,
+                st.churn_hold_ms,
+                st.churn,
+                c.clean_closes,
+                c.messages,
+                c.failures_by_reason,
+                c.server_closes_by_code
+            );
+        }
+        if self.per_gateway.len() > 1 {
+            for g in &self.per_gateway {
+                let a = &g.fast_age_ms;
+                let _ = writeln!(
+                    s,
+                    "  gateway {:<10}: {} sessions, {:.0} deliveries/s; fast age ms p50 {:.3} p99 {:.3} max {:.3}",
+                    g.server, g.sessions, g.deliveries_per_sec, a.p50, a.p99, a.max
+                );
+            }
         }
         let _ = writeln!(
             s,

@@ -51,6 +51,37 @@ impl Class {
     }
 }
 
+/// What one gateway (by `welcome.server`) gave its sessions: several gateways behind one URL
+/// (a load balancer) or several URLs each get a row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Sessions whose `welcome` named this gateway.
+    pub sessions: u64,
+    /// Quotes received inside the measured window (every class).
+    pub deliveries: u64,
+    /// The fast clients' quote ages inside the window, ns.
+    #[serde(with = "histogram_buckets")]
+    pub age_ns: Histogram<u64>,
+}
+
+impl ServerStats {
+    pub fn new() -> ServerStats {
+        ServerStats { sessions: 0, deliveries: 0, age_ns: new_age_histogram() }
+    }
+
+    pub fn merge(&mut self, o: &ServerStats) {
+        self.sessions += o.sessions;
+        self.deliveries += o.deliveries;
+        self.age_ns.add(&o.age_ns).expect("same histogram bounds");
+    }
+}
+
+impl Default for ServerStats {
+    fn default() -> Self {
+        ServerStats::new()
+    }
+}
+
 /// Everything counted for one class of clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassStats {

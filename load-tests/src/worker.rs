@@ -4,6 +4,7 @@
 //! (`load-tests --worker`, plan on stdin, events as JSON lines on stdout).
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::rc::Rc;
@@ -14,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::{self, ChurnStats};
 use crate::client::{self, WorkerShared};
 use crate::config::Plan;
 use crate::procstat::{now_ns, self_cpu_seconds};
-use crate::stats::{Class, ClassStats, ConnectStats};
+use crate::stats::{Class, ClassStats, ConnectStats, ServerStats};
 use crate::symbols::SymbolPicker;
 
 /// How long sessions stay open after the figures are taken at the window's end.
@@ -32,6 +34,9 @@ pub struct Progress {
     pub order_violations: u64,
     pub closes: u64,
     pub errors: u64,
+    /// Churning sessions opened so far, and failed attempts.
+    pub churn_sessions: u64,
+    pub churn_failures: u64,
     /// The fast clients' p99 quote age since the previous progress, ns (0: none received).
     pub interval_p99_ns: u64,
     pub cpu_seconds: f64,
@@ -42,6 +47,8 @@ pub struct Progress {
 pub struct WorkerReport {
     /// Fast, slow, stuck.
     pub classes: Vec<ClassStats>,
+    /// Per gateway, by the `server` of its `welcome`.
+    pub servers: BTreeMap<String, ServerStats>,
     pub connect: ConnectStats,
     pub peak_open: u64,
     pub open_at_window_start: u64,
@@ -50,6 +57,8 @@ pub struct WorkerReport {
     pub cpu_seconds_window: f64,
     /// Seconds its threads waited for a CPU inside the window (0 where schedstat is missing).
     pub run_queue_wait_seconds_window: f64,
+    /// The churning sessions, over the whole run.
+    pub churn: ChurnStats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,20 +69,27 @@ pub enum WorkerEvent {
 
 /// Runs `plan` to the end; progress goes to `events`. Must run inside a `LocalSet`.
 pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<WorkerReport> {
-    let addr = plan
-        .target
-        .addr()
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {}", plan.target.addr()))?
-        .next()
-        .ok_or_else(|| anyhow!("{} resolves to no address", plan.target.addr()))?;
+    let mut targets = Vec::with_capacity(plan.targets.len());
+    for target in &plan.targets {
+        let addr = target
+            .addr()
+            .to_socket_addrs()
+            .with_context(|| format!("resolve {}", target.addr()))?
+            .next()
+            .ok_or_else(|| anyhow!("{} resolves to no address", target.addr()))?;
+        targets.push(client::Endpoint {
+            addr,
+            host_header: target.host_header(),
+            path: target.path.clone(),
+        });
+    }
     let mut classes: [RefCell<ClassStats>; 3] = Default::default();
     for i in plan.first_client..plan.first_client + plan.clients {
         classes[plan.class_of(i).index()].get_mut().clients += 1;
     }
     let sh = Rc::new(WorkerShared {
-        addr,
-        host_header: plan.target.host_header(),
+        targets,
+        servers: RefCell::new(Vec::new()),
         names: plan.symbols.iter().map(|s| s.as_bytes().into()).collect(),
         picker: SymbolPicker::new(plan.symbols.len(), plan.subs, plan.dist, plan.zipf_s, plan.seed),
         classes,
@@ -82,8 +98,15 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
         peak_open: Cell::new(0),
         window: plan.window(),
         stop: CancellationToken::new(),
+        churn: RefCell::new(ChurnStats::default()),
         plan,
     });
+    let churners: Vec<_> = (0..sh.plan.churn)
+        .map(|n| {
+            let sh = sh.clone();
+            tokio::task::spawn_local(async move { churn::run(&sh, n).await })
+        })
+        .collect();
 
     let ramp = tokio::task::spawn_local(ramp(sh.clone()));
     let (window_start, window_end) = sh.window;
@@ -116,6 +139,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     let open_at_window_end = sh.open.get();
     // Figures are taken now; closing the sessions is not measured.
     let classes: Vec<ClassStats> = sh.classes.iter().map(|c| c.borrow().clone()).collect();
+    let servers: BTreeMap<String, ServerStats> = sh.servers.borrow().iter().cloned().collect();
     let connect = sh.connect.borrow().clone();
     // Sessions stay open a moment longer, so that what samples the gateway at the window's end
     // (its /metrics, its RSS) still sees them.
@@ -123,7 +147,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     sh.stop.cancel();
     let clients = ramp.await.map_err(|e| anyhow!("ramp task failed: {e}"))?;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        for c in clients {
+        for c in clients.into_iter().chain(churners) {
             let _ = c.await;
         }
     })
@@ -132,14 +156,17 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     let mut classes = classes;
     classes[Class::Stuck.index()].closes_by_code =
         sh.classes[Class::Stuck.index()].borrow().closes_by_code.clone();
+    let churn = sh.churn.borrow().clone();
     Ok(WorkerReport {
         classes,
+        servers,
         connect,
         peak_open: sh.peak_open.get(),
         open_at_window_start,
         open_at_window_end,
         cpu_seconds_window,
         run_queue_wait_seconds_window,
+        churn,
     })
 }
 
@@ -178,6 +205,8 @@ fn progress(sh: &WorkerShared) -> Progress {
     let mut p = Progress {
         open: sh.open.get(),
         connect_failures: sh.connect.borrow().failures(),
+        churn_sessions: sh.churn.borrow().sessions,
+        churn_failures: sh.churn.borrow().failures_by_reason.values().sum(),
         cpu_seconds: self_cpu_seconds(),
         ..Progress::default()
     };

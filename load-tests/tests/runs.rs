@@ -342,6 +342,40 @@ async fn a_backwards_seq_is_caught_and_fails_the_run() {
 }
 
 #[test]
+fn churning_sessions_reconnect_beside_the_clients_and_stay_out_of_the_figures() {
+    let gw = Gateway::start(&["--sim-rate", "500"]);
+    let (code, r, text) = run_tool(&args(&[
+        "--url",
+        &gw.url(),
+        "-c",
+        "5",
+        "--duration",
+        "3",
+        "--warmup",
+        "1",
+        "--churn",
+        "2",
+        "--churn-hold-ms",
+        "400",
+        "--no-gateway-metrics",
+    ]));
+    assert_eq!(code, 0, "{text}");
+    // The measured clients are as without churn: their figures do not include the churners'.
+    assert_sane(&r, &text, 5);
+    assert!(r["gateway_metrics"].is_null(), "--no-gateway-metrics: /metrics never read");
+    let c = &r["churn"];
+    // 2 at once, 400 ms each, for ~4 s: about 20 sessions, each closed by the handshake.
+    let sessions = c["sessions"].as_u64().unwrap();
+    assert!(sessions >= 8, "{text}");
+    assert!(c["clean_closes"].as_u64().unwrap() + 2 >= sessions, "{text}");
+    assert_eq!(c["server_closes_by_code"], serde_json::json!({}), "{text}");
+    assert_eq!(c["failures_by_reason"], serde_json::json!({}), "{text}");
+    // `["*"]`: every symbol's snapshot, then its quotes.
+    assert!(c["messages"].as_u64().unwrap() >= sessions * 500, "{text}");
+    assert!(text.contains("churn     :"), "no churn line in the summary:\n{text}");
+}
+
+#[test]
 fn usage_errors_exit_2_and_help_names_every_flag() {
     let out =
         Command::new(LOAD_TESTS).args(["--slow-fraction", "2", "--symbols", "A"]).output().unwrap();
@@ -373,6 +407,9 @@ fn usage_errors_exit_2_and_help_names_every_flag() {
         "--gateway-pid",
         "--clients-per-process",
         "--source-addrs",
+        "--churn",
+        "--churn-hold-ms",
+        "--no-gateway-metrics",
     ] {
         assert!(help.contains(flag), "--help does not explain {flag}");
     }

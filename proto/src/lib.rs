@@ -6,6 +6,8 @@
 //! - [`request`]: client requests, decoded with `simd-json` in time linear in the frame;
 //!   anything invalid is a [`request::DecodeError`] that becomes a `bad_request` (or
 //!   `too_many_subscriptions`) answer, never a panic.
+//! - [`payload`]: a quote payload from an upstream feed (section 5), decoded with a size cap;
+//!   anything malformed is a [`payload::PayloadError`], never a panic.
 //! - [`server`]: the other server messages (`welcome`, `ack`, `error`, `heartbeat`, `pong`).
 //! - [`close`]: WebSocket close codes of the contract.
 //!
@@ -13,11 +15,13 @@
 
 pub mod close;
 pub mod json;
+pub mod payload;
 pub mod price;
 pub mod quote;
 pub mod request;
 pub mod server;
 
+pub use payload::{decode_payload, PayloadError, PayloadQuote};
 pub use price::Price;
 pub use quote::{Quote, QuoteFrames};
 pub use request::{

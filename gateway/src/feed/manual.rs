@@ -74,6 +74,7 @@ impl Feed for ManualFeed {
         for (name, precision) in &self.symbols {
             publisher.intern(name, *precision);
         }
+        publisher.set_connected(true);
         publisher.set_live(true);
     }
 

@@ -7,6 +7,7 @@
 //! sees a session, and nothing here encodes per client.
 
 pub mod manual;
+pub mod nats;
 pub mod sim;
 
 use std::future::Future;
@@ -55,10 +56,7 @@ pub trait Feed: Send + 'static {
 pub fn from_config(config: &Config) -> Result<Box<dyn Feed>, FeedError> {
     match config.feed.as_str() {
         "sim" => Ok(Box::new(sim::SimFeed::from_config(config))),
-        other if other.starts_with("nats://") => Err(FeedError::Config(format!(
-            "--feed {other}: this build serves the simulated feed only (--feed sim); the NATS \
-             feed of the contract's section 5 is not implemented yet"
-        ))),
+        other if other.starts_with("nats://") => Ok(Box::new(nats::NatsFeed::from_config(config)?)),
         other => Err(FeedError::Config(format!(
             "--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"
         ))),
@@ -111,14 +109,32 @@ impl Publisher {
     /// Whether the feed is connected and loaded; `/readyz` answers 503 while it is not.
     pub fn set_live(&mut self, live: bool) {
         self.store.set_live(live);
+        self.metrics.set_feed_live(live);
     }
 
-    /// Stores one update and queues it for fan-out; call [`Self::flush`] after a batch.
+    /// Whether the feed's upstream connection is up (`gateway_feed_connected`).
+    pub fn set_connected(&mut self, connected: bool) {
+        self.metrics.set_feed_connected(connected);
+    }
+
+    /// The gateway's metrics, for what a feed counts itself (reconnects, malformed messages).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stores one update and queues it for fan-out; call [`Self::flush`] after a batch. The
+    /// gateway's wall clock now is the update's receive time (`Snapshot::received_ns`), and
+    /// receive time minus `ts` is recorded as the feed lag.
     pub fn publish(&mut self, id: SymbolId, quote: Quote) -> Published {
-        let entry = match self.store.publish(id, quote, wall_ns(), mono_ns()) {
+        let (wall, mono) = (wall_ns(), mono_ns());
+        self.metrics.record_feed_lag(wall, quote.ts);
+        let entry = match self.store.publish(id, quote, wall, mono) {
             Ok(entry) => entry,
             Err(why) => {
                 self.metrics.feed_update_dropped();
+                if why == Published::Stale && self.stored_seq(id) == Some(quote.seq) {
+                    self.metrics.feed_duplicate();
+                }
                 return why;
             }
         };
@@ -132,6 +148,12 @@ impl Publisher {
             }
         }
         Published::Stored
+    }
+
+    /// The `seq` stored for `id`, if it has had an update.
+    pub fn stored_seq(&self, id: SymbolId) -> Option<u64> {
+        let seq = self.store.table().entries.get(id as usize)?.latest_seq();
+        (seq > 0).then_some(seq)
     }
 
     /// Wakes the shards that got updates since the last call (all of them when the feed added

@@ -34,7 +34,12 @@ impl SimFeed {
 
     /// The simulator the flags describe (`--sim-symbols`, `--sim-rate`, `--sim-seed`).
     pub fn from_config(config: &Config) -> SimFeed {
-        SimFeed::new(Simulator::new(config.sim_symbols, config.sim_seed), config.sim_rate)
+        let sim = Simulator::with_activity(
+            config.sim_symbols,
+            config.sim_seed,
+            config.sim_activity.into(),
+        );
+        SimFeed::new(sim, config.sim_rate)
     }
 }
 
@@ -64,6 +69,7 @@ impl Feed for SimFeed {
             publisher.publish(id, quote);
         }
         publisher.flush();
+        publisher.set_connected(true);
         publisher.set_live(true);
     }
 
@@ -72,7 +78,8 @@ impl Feed for SimFeed {
         Box::pin(async move {
             let started = Instant::now();
             let mut sent: u64 = 0;
-            let behind_limit = (MAX_CATCH_UP.as_secs_f64() * f64::from(rate)) as u64;
+            // At least one: a rate under 10/s would otherwise skip every update.
+            let behind_limit = ((MAX_CATCH_UP.as_secs_f64() * f64::from(rate)) as u64).max(1);
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {

@@ -33,7 +33,6 @@ use budget::{Strikes, TokenBucket};
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 pub const CLOSE_GRACE_NS: u64 = CLOSE_GRACE.as_nanos() as u64;
 
-
 /// How messages are framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -207,7 +206,6 @@ impl Session {
         max_subscriptions: usize,
         budgets: Budgets,
         now_ns: u64,
-        ping_interval_ns: u64,
     ) -> Session {
         Session {
             id,
@@ -231,7 +229,7 @@ impl Session {
             read_paused: false,
             last_read_ns: now_ns,
             last_message_ns: now_ns,
-            next_ping_ns: now_ns + ping_interval_ns,
+            next_ping_ns: u64::MAX,
             ping_pending: false,
             heartbeat_pending: false,
             behind: false,

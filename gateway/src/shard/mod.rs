@@ -846,8 +846,10 @@ impl Shard {
             max_subscriptions as usize,
             budgets,
             now,
-            config.ping_interval().as_nanos() as u64,
         ));
+        if framing == Framing::WebSocket {
+            session.next_ping_ns = now + config.ping_interval().as_nanos() as u64;
+        }
         session.push(Out::Raw(head.into()));
         let epoch = gw.store.epoch();
         let limits = Limits {

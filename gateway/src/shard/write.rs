@@ -431,8 +431,7 @@ fn commit(
     }
     plan.frames.clear();
     if frames > 0 {
-        core.tally.writes += 1;
-        core.tally.frames += frames;
+        core.gw.metrics.record_frames_per_write(core.shard, frames);
     }
     if newest_ts > 0 {
         // One sample per write, not per frame: the freshest quote it carried.
