@@ -306,7 +306,6 @@ async fn twenty_clients_churning_star_subscriptions_at_their_rate_limit_leave_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the new session core: a change of [\"*\"] costs O(subscribers) per symbol"]
 async fn clients_churning_star_subscriptions_at_their_rate_limit_get_every_answer() {
     // Fails, intermittently, on the current core in a debug build on a loaded 2-core machine:
     // each subscribe or unsubscribe of `["*"]` copies the subscriber list of every symbol
@@ -433,7 +432,6 @@ fn resident_bytes() -> u64 {
 const HEAD_HOLD_BYTES: u64 = 32 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the new session core: hyper buffers each unfinished head up to ~400 KB"]
 async fn a_thousand_half_open_upgrades_with_long_heads_hold_a_bounded_amount_each() {
     // Fails on the hyper-based core: each connection's 48 KiB of unfinished head is buffered
     // whole until the handshake timeout, so memory grows by about 48 MB or more.
