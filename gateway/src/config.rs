@@ -68,17 +68,20 @@ pub const DEFAULT_MAX_PENDING_CONNECTIONS: u32 = 4_096;
 /// An HTTP request head (request line and headers) must fit in this: enough for a
 /// `/snapshot` URL naming every symbol a session may subscribe to (1,000 names).
 pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: u32 = 16 * 1024;
-/// Each symbol keeps its updates of the last 10 s: a reconnect within a few seconds resumes
-/// without loss (see docs/backpressure.md for the memory this takes).
-pub const DEFAULT_HISTORY_MS: u64 = 10_000;
+/// Each symbol keeps its updates of the last 5 s: a client that reconnects within a few
+/// seconds resumes without loss (docs/backpressure.md has the memory this takes).
+pub const DEFAULT_HISTORY_MS: u64 = 5_000;
+/// ... at most this many per symbol: 6.8 s of the hottest simulated symbol at the default
+/// rate (300 updates/s), so the window, not this cap, decides at the default rate.
+pub const DEFAULT_HISTORY_MAX_UPDATES: u32 = 2_048;
+/// ... and at most this many bytes in all: 5 s at the default 2,000 updates/s is ~8 MiB; at
+/// 60,000 updates/s the window shrinks to ~1.3 s instead of holding 250 MiB.
+pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Missed updates received longer ago than this are not replayed to a session that keeps up:
 /// the shard itself runs late (overload), and replaying would be a queue; the latest is sent
 /// instead (conflation). A shard that keeps up is late by well under a millisecond (tens when
 /// the OS deschedules it), so 50 ms loses nothing then, and bounds quote age under overload.
 pub const DEFAULT_REPLAY_MAX_AGE_MS: u64 = 50;
-/// ... but at most this many per symbol: ~6.8 s of the hottest simulated symbol at the
-/// default rate (300 updates/s), ~1.4 MiB for that symbol.
-pub const DEFAULT_HISTORY_MAX_UPDATES: u32 = 2_048;
 /// Simulated updates per second, across all symbols.
 pub const DEFAULT_SIM_RATE: u32 = feed_sim::DEFAULT_RATE;
 /// Simulated symbols.
@@ -226,6 +229,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HISTORY_MS", default_value_t = DEFAULT_HISTORY_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub history_ms: u64,
 
+    /// Most bytes all symbols' histories hold together (past it, the window shrinks)
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES", default_value_t = DEFAULT_HISTORY_MAX_BYTES, value_parser = clap::value_parser!(u64).range(65_536..))]
+    pub history_max_bytes: u64,
+
     /// Missed updates older than this are not replayed to a live session (overload: it gets the latest)
     #[arg(long, env = "GATEWAY_REPLAY_MAX_AGE_MS", default_value_t = DEFAULT_REPLAY_MAX_AGE_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub replay_max_age_ms: u64,
@@ -341,6 +348,7 @@ impl Config {
         crate::store::HistoryLimits {
             max_age_ns: self.history_ms * 1_000_000,
             max_len: self.history_max_updates as usize,
+            max_bytes: self.history_max_bytes,
         }
     }
     pub fn shutdown_grace(&self) -> Duration {

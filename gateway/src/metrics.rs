@@ -45,6 +45,9 @@ pub const QUOTE_AGE: &str = "gateway_quote_age_seconds";
 pub const FANOUT_DURATION: &str = "gateway_fanout_duration_seconds";
 pub const FRAMES_PER_WRITE: &str = "gateway_frames_per_write";
 pub const SESSION_PENDING_MAX: &str = "gateway_session_pending_updates_max";
+pub const SSE_SESSIONS_ACTIVE: &str = "gateway_sse_sessions_active";
+pub const HISTORY_BYTES: &str = "gateway_history_bytes";
+pub const HISTORY_WINDOW: &str = "gateway_history_window_seconds";
 pub const BUILD_INFO: &str = "gateway_build_info";
 
 /// Upper bounds of the latency histograms, in seconds: 50 µs to 5 s.
@@ -408,6 +411,10 @@ pub struct GaugeValues {
     pub symbols: u64,
     pub feed_staleness_seconds: f64,
     pub max_connections: u64,
+    /// Of `sessions_active`, those on `/sse`.
+    pub sse_sessions_active: u64,
+    pub history_bytes: u64,
+    pub history_window_seconds: f64,
 }
 
 /// The gateway's metrics: every series allocated once here, recorded without lookups.
@@ -760,7 +767,22 @@ impl Metrics {
         let mut gauge = |name: &str, help: &str, value: f64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         };
-        gauge(SESSIONS_ACTIVE, "WebSocket sessions open now", gauges.sessions_active as f64);
+        gauge(
+            SESSIONS_ACTIVE,
+            "Sessions open now (WebSocket and SSE)",
+            gauges.sessions_active as f64,
+        );
+        gauge(SSE_SESSIONS_ACTIVE, "Of those, SSE streams", gauges.sse_sessions_active as f64);
+        gauge(
+            HISTORY_BYTES,
+            "Bytes the symbols' update histories hold (for replay and resume)",
+            gauges.history_bytes as f64,
+        );
+        gauge(
+            HISTORY_WINDOW,
+            "How far back the histories reach now (shorter than --history-ms while over --history-max-bytes)",
+            gauges.history_window_seconds,
+        );
         gauge(
             MAX_CONNECTIONS,
             "Configured limit of sessions at once",
@@ -856,6 +878,9 @@ mod tests {
             symbols: 0,
             feed_staleness_seconds: 0.0,
             max_connections: 0,
+            sse_sessions_active: 0,
+            history_bytes: 0,
+            history_window_seconds: 0.0,
         }
     }
 

@@ -137,6 +137,9 @@ fn metrics(gw: &Gateway) -> Response {
         symbols: gw.store.table().len() as u64,
         feed_staleness_seconds: staleness_seconds(gw),
         max_connections: u64::from(gw.config.max_connections),
+        sse_sessions_active: gw.sse_sessions_active.load(Ordering::Relaxed),
+        history_bytes: gw.store.history_bytes(),
+        history_window_seconds: gw.store.history_window_ns() as f64 * 1e-9,
     };
     Response::new(200, "text/plain; version=0.0.4", gw.metrics.render(&gauges))
 }

@@ -31,18 +31,30 @@ pub struct Snapshot {
     pub received_ns: u64,
 }
 
-/// How much history each symbol keeps.
+/// How much history the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {
-    /// Updates older than this are dropped (beyond the [`HISTORY_MIN`] newest).
+    /// Updates older than this are dropped (the window; shorter while over `max_bytes`).
     pub max_age_ns: u64,
     /// At most this many updates per symbol.
     pub max_len: usize,
+    /// The whole history (every symbol's) is kept under this many bytes by shortening the
+    /// window: at a high update rate a resume reaches less far back, and memory stays bounded.
+    pub max_bytes: u64,
 }
 
-/// Updates every symbol keeps whatever their age: enough for a session that was briefly late
-/// to replay a short gap of a quiet symbol.
-pub const HISTORY_MIN: usize = 32;
+/// The window never shrinks below this: a session briefly late still replays what it missed.
+pub const MIN_WINDOW_NS: u64 = 100_000_000;
+
+/// Symbols whose history is pruned by age per call of [`SnapshotStore::maintain`]: a symbol
+/// that went quiet gives its old updates back within a few seconds even with a million
+/// symbols (the feed calls it about once a millisecond).
+const SWEEP_PER_CALL: usize = 1_024;
+
+/// What one held update costs: its frames (snapshot, quote, payload) and its bookkeeping.
+fn footprint(s: &Snapshot) -> u64 {
+    (s.frames.snapshot.len() + s.frames.quote.len() + s.frames.payload.len() + 192) as u64
+}
 
 /// Per shard, per symbol: the flags the feed and that shard share.
 #[derive(Default)]
@@ -112,27 +124,36 @@ impl SymbolEntry {
         }
     }
 
-    /// Updates held now, and the bytes of the frames they keep alive.
-    pub fn history_footprint(&self) -> (usize, usize) {
-        let history = self.history.lock();
-        let bytes = history.iter().map(|s| s.frames.snapshot.len() * 3 + 96).sum();
-        (history.len(), bytes)
+    /// Updates held now.
+    pub fn history_len(&self) -> usize {
+        self.history.lock().len()
     }
 
-    fn store(&self, snap: Arc<Snapshot>, limits: HistoryLimits) {
-        {
+    /// Appends `snap` and drops what is now too old or too many; returns the bytes dropped.
+    /// The latest update is always held (it is the snapshot, so it costs nothing more).
+    fn store(&self, snap: Arc<Snapshot>, oldest_kept_ns: u64, max_len: usize) -> u64 {
+        let dropped = {
             let mut history = self.history.lock();
             history.push_back(Arc::clone(&snap));
-            let oldest_kept = snap.received_ns.saturating_sub(limits.max_age_ns);
-            while history.len() > limits.max_len.max(1)
-                || (history.len() > HISTORY_MIN
-                    && history.front().is_some_and(|s| s.received_ns < oldest_kept))
-            {
-                history.pop_front();
-            }
-        }
+            prune(&mut history, oldest_kept_ns, max_len)
+        };
         self.latest.store(Some(snap));
+        dropped
     }
+}
+
+/// Drops the oldest updates while there are more than `max_len` or they were received before
+/// `oldest_kept_ns`, always keeping the newest; returns the bytes dropped.
+fn prune(history: &mut VecDeque<Arc<Snapshot>>, oldest_kept_ns: u64, max_len: usize) -> u64 {
+    let mut dropped = 0;
+    while history.len() > max_len.max(1)
+        || (history.len() > 1 && history.front().is_some_and(|s| s.received_ns < oldest_kept_ns))
+    {
+        if let Some(old) = history.pop_front() {
+            dropped += footprint(&old);
+        }
+    }
+    dropped
 }
 
 /// The position of `seq` in a history, if held.
@@ -187,6 +208,9 @@ pub struct SnapshotStore {
     updates: AtomicU64,
     epoch: ArcSwap<String>,
     live: AtomicBool,
+    /// Bytes the histories hold, and the window in force (shortened while over the budget).
+    history_bytes: AtomicU64,
+    window_ns: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -207,6 +231,8 @@ impl SnapshotStore {
             updates: AtomicU64::new(0),
             epoch: ArcSwap::from_pointee(String::new()),
             live: AtomicBool::new(false),
+            history_bytes: AtomicU64::new(0),
+            window_ns: AtomicU64::new(history.max_age_ns),
         };
         for (name, precision) in symbols {
             store.intern(&name, precision);
@@ -271,7 +297,13 @@ impl SnapshotStore {
             return Err(Published::Stale);
         }
         let frames = quote.encode(&entry.name, entry.precision);
-        entry.store(Arc::new(Snapshot { quote, frames, received_ns: mono_now_ns }), self.history);
+        let snap = Arc::new(Snapshot { quote, frames, received_ns: mono_now_ns });
+        let added = footprint(&snap);
+        let oldest_kept = mono_now_ns.saturating_sub(self.window_ns.load(Ordering::Relaxed));
+        let dropped = entry.store(snap, oldest_kept, self.history.max_len);
+        // One writer (the feed's thread): a plain read-modify-write is exact.
+        let bytes = self.history_bytes.load(Ordering::Relaxed);
+        self.history_bytes.store((bytes + added).saturating_sub(dropped), Ordering::Relaxed);
         self.last_update_ns.store(wall_now_ns, Ordering::Relaxed);
         self.updates.fetch_add(1, Ordering::Relaxed);
         Ok(entry)
@@ -305,9 +337,52 @@ impl SnapshotStore {
         self.live.store(live, Ordering::Relaxed);
     }
 
-    /// The history limits in force.
+    /// The history limits configured.
     pub fn history_limits(&self) -> HistoryLimits {
         self.history
+    }
+
+    /// Bytes the histories hold now.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The history window in force, ns: the configured one, or shorter while the histories
+    /// are over their byte budget.
+    pub fn history_window_ns(&self) -> u64 {
+        self.window_ns.load(Ordering::Relaxed)
+    }
+
+    /// Upkeep of the histories, by the feed's thread after each batch: adapts the window to the
+    /// byte budget and prunes the next few symbols by age (`cursor` says where the sweep is),
+    /// so that a symbol that went quiet gives its old updates back.
+    pub fn maintain(&self, cursor: &mut usize, now_ns: u64) {
+        let limits = self.history;
+        let bytes = self.history_bytes();
+        let window = self.window_ns.load(Ordering::Relaxed);
+        let window = if bytes > limits.max_bytes {
+            (window - window / 16).max(MIN_WINDOW_NS.min(limits.max_age_ns))
+        } else if bytes < limits.max_bytes / 10 * 8 {
+            (window + window / 64 + 1).min(limits.max_age_ns)
+        } else {
+            window
+        };
+        self.window_ns.store(window, Ordering::Relaxed);
+        let table = self.table.load();
+        if table.is_empty() {
+            return;
+        }
+        let oldest_kept = now_ns.saturating_sub(window);
+        let mut dropped = 0;
+        for _ in 0..SWEEP_PER_CALL.min(table.len()) {
+            *cursor = (*cursor + 1) % table.len();
+            let mut history = table.entries[*cursor].history.lock();
+            dropped += prune(&mut history, oldest_kept, limits.max_len);
+        }
+        if dropped > 0 {
+            let bytes = self.history_bytes.load(Ordering::Relaxed);
+            self.history_bytes.store(bytes.saturating_sub(dropped), Ordering::Relaxed);
+        }
     }
 }
 
@@ -316,7 +391,8 @@ mod tests {
     use super::*;
     use proto::Price;
 
-    const LIMITS: HistoryLimits = HistoryLimits { max_age_ns: 1_000, max_len: 100 };
+    const LIMITS: HistoryLimits =
+        HistoryLimits { max_age_ns: 1_000, max_len: 100, max_bytes: 1 << 30 };
 
     fn quote(seq: u64) -> Quote {
         Quote { seq, bid: Price(100), ask: Price(101), last: Price(100), ..Quote::default() }
@@ -334,7 +410,7 @@ mod tests {
         }
         let entry = Arc::clone(&store.table().entries[0]);
         assert_eq!(entry.latest_seq(), 300);
-        assert_eq!(entry.history_footprint().0, 100);
+        assert_eq!(entry.history_len(), 100);
         let mut out = Vec::new();
         assert!(!entry.history_after(199, 300, 10, &mut out), "201 is the oldest kept");
         assert!(entry.history_after(200, 204, 10, &mut out));
@@ -346,16 +422,48 @@ mod tests {
     }
 
     #[test]
-    fn history_drops_old_updates_but_keeps_a_minimum() {
-        let store = store();
-        // One update per 100 ns: the 1,000 ns window holds 11, the minimum 32.
+    fn history_drops_old_updates_and_the_sweep_catches_quiet_symbols() {
+        let store = SnapshotStore::new(
+            [("AAPL".to_string(), 2), ("MSFT".to_string(), 2)],
+            1,
+            HistoryLimits { max_age_ns: 1_000, max_len: 100, max_bytes: 1 << 30 },
+        );
+        // One update per 100 ns: the 1,000 ns window holds the last 11.
         for seq in 1..=50 {
             store.publish(0, quote(seq), 0, seq * 100).ok().unwrap();
         }
-        let entry = Arc::clone(&store.table().entries[0]);
-        assert_eq!(entry.history_footprint().0, HISTORY_MIN);
-        assert_eq!(entry.received_ns_of(50), Some(5_000));
-        assert_eq!(entry.received_ns_of(18), None);
+        store.publish(1, quote(1), 0, 100).ok().unwrap();
+        store.publish(1, quote(2), 0, 200).ok().unwrap();
+        let aapl = Arc::clone(&store.table().entries[0]);
+        let msft = Arc::clone(&store.table().entries[1]);
+        assert_eq!(aapl.history_len(), 11);
+        assert_eq!(aapl.received_ns_of(50), Some(5_000));
+        assert_eq!(aapl.received_ns_of(39), None);
+        assert_eq!(msft.history_len(), 2, "nothing pushed out its old update");
+        let before = store.history_bytes();
+        store.maintain(&mut 0, 5_000);
+        assert_eq!(msft.history_len(), 1, "the sweep drops it; the latest stays");
+        assert!(store.history_bytes() < before);
+    }
+
+    #[test]
+    fn over_the_byte_budget_the_window_shrinks_until_it_fits() {
+        let second = 1_000_000_000;
+        let limits =
+            HistoryLimits { max_age_ns: 10 * second, max_len: 100_000, max_bytes: 2_000_000 };
+        let store = SnapshotStore::new([("AAPL".to_string(), 2)], 1, limits);
+        let mut cursor = 0;
+        // 10,000 updates a second, ~500 bytes each: 10 s would be 50 MB.
+        for seq in 1..=100_000u64 {
+            let now = seq * (second / 10_000);
+            store.publish(0, quote(seq), 0, now).ok().unwrap();
+            if seq % 10 == 0 {
+                store.maintain(&mut cursor, now);
+            }
+        }
+        assert!(store.history_bytes() <= 2 * limits.max_bytes, "{}", store.history_bytes());
+        assert!(store.history_window_ns() < second, "{}", store.history_window_ns());
+        assert!(store.history_window_ns() >= MIN_WINDOW_NS);
     }
 
     #[test]

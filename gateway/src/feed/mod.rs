@@ -82,12 +82,14 @@ pub struct Publisher {
     woken: Vec<bool>,
     /// Symbols known when the shards were last told.
     symbols_told: usize,
+    /// Where the history sweep is.
+    sweep: usize,
 }
 
 impl Publisher {
     pub fn new(store: Arc<SnapshotStore>, shards: Vec<Arc<Inbox>>, metrics: Arc<Metrics>) -> Self {
         let woken = vec![false; shards.len()];
-        Publisher { store, shards, metrics, woken, symbols_told: 0 }
+        Publisher { store, shards, metrics, woken, symbols_told: 0, sweep: 0 }
     }
 
     /// The store the updates go to (for reading what is already stored).
@@ -159,6 +161,7 @@ impl Publisher {
     /// Wakes the shards that got updates since the last call (all of them when the feed added
     /// symbols: `["*"]` sessions take those up).
     pub fn flush(&mut self) {
+        self.store.maintain(&mut self.sweep, mono_ns());
         let symbols = self.store.table().len();
         let grew = symbols > self.symbols_told;
         self.symbols_told = symbols;
