@@ -46,10 +46,18 @@ pub struct HistoryLimits {
 /// The window never shrinks below this: a session briefly late still replays what it missed.
 pub const MIN_WINDOW_NS: u64 = 100_000_000;
 
-/// Symbols whose history is pruned by age per call of [`SnapshotStore::maintain`]: a symbol
-/// that went quiet gives its old updates back within a few seconds even with a million
-/// symbols (the feed calls it about once a millisecond).
-const SWEEP_PER_CALL: usize = 1_024;
+/// Every symbol's history is pruned by age once per this period, whether or not it updates:
+/// a symbol that went quiet gives its old updates back within a second, for one lock per
+/// symbol per second on the feed's thread.
+const SWEEP_PERIOD_NS: u64 = 1_000_000_000;
+
+/// Where the sweep of the histories is (kept by the feed's thread).
+#[derive(Debug, Default)]
+pub struct Sweep {
+    next: usize,
+    /// The time up to which the sweep has covered its share.
+    at_ns: u64,
+}
 
 /// What one held update costs: its frames (snapshot, quote, payload) and its bookkeeping.
 fn footprint(s: &Snapshot) -> u64 {
@@ -356,7 +364,7 @@ impl SnapshotStore {
     /// Upkeep of the histories, by the feed's thread after each batch: adapts the window to the
     /// byte budget and prunes the next few symbols by age (`cursor` says where the sweep is),
     /// so that a symbol that went quiet gives its old updates back.
-    pub fn maintain(&self, cursor: &mut usize, now_ns: u64) {
+    pub fn maintain(&self, sweep: &mut Sweep, now_ns: u64) {
         let limits = self.history;
         let bytes = self.history_bytes();
         let window = self.window_ns.load(Ordering::Relaxed);
@@ -372,11 +380,22 @@ impl SnapshotStore {
         if table.is_empty() {
             return;
         }
+        if sweep.at_ns == 0 || sweep.at_ns > now_ns {
+            sweep.at_ns = now_ns;
+        }
+        // This call's share of one pass per period.
+        let len = table.len() as u64;
+        let due = ((now_ns - sweep.at_ns) as u128 * len as u128 / SWEEP_PERIOD_NS as u128)
+            .min(len as u128) as u64;
+        if due == 0 {
+            return;
+        }
+        sweep.at_ns = if due == len { now_ns } else { sweep.at_ns + due * SWEEP_PERIOD_NS / len };
         let oldest_kept = now_ns.saturating_sub(window);
         let mut dropped = 0;
-        for _ in 0..SWEEP_PER_CALL.min(table.len()) {
-            *cursor = (*cursor + 1) % table.len();
-            let mut history = table.entries[*cursor].history.lock();
+        for _ in 0..due {
+            sweep.next = (sweep.next + 1) % table.len();
+            let mut history = table.entries[sweep.next].history.lock();
             dropped += prune(&mut history, oldest_kept, limits.max_len);
         }
         if dropped > 0 {
@@ -441,7 +460,9 @@ mod tests {
         assert_eq!(aapl.received_ns_of(39), None);
         assert_eq!(msft.history_len(), 2, "nothing pushed out its old update");
         let before = store.history_bytes();
-        store.maintain(&mut 0, 5_000);
+        let mut sweep = Sweep::default();
+        store.maintain(&mut sweep, 1);
+        store.maintain(&mut sweep, 1 + SWEEP_PERIOD_NS);
         assert_eq!(msft.history_len(), 1, "the sweep drops it; the latest stays");
         assert!(store.history_bytes() < before);
     }
@@ -452,7 +473,7 @@ mod tests {
         let limits =
             HistoryLimits { max_age_ns: 10 * second, max_len: 100_000, max_bytes: 2_000_000 };
         let store = SnapshotStore::new([("AAPL".to_string(), 2)], 1, limits);
-        let mut cursor = 0;
+        let mut cursor = Sweep::default();
         // 10,000 updates a second, ~500 bytes each: 10 s would be 50 MB.
         for seq in 1..=100_000u64 {
             let now = seq * (second / 10_000);

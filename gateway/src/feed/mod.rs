@@ -83,13 +83,13 @@ pub struct Publisher {
     /// Symbols known when the shards were last told.
     symbols_told: usize,
     /// Where the history sweep is.
-    sweep: usize,
+    sweep: crate::store::Sweep,
 }
 
 impl Publisher {
     pub fn new(store: Arc<SnapshotStore>, shards: Vec<Arc<Inbox>>, metrics: Arc<Metrics>) -> Self {
         let woken = vec![false; shards.len()];
-        Publisher { store, shards, metrics, woken, symbols_told: 0, sweep: 0 }
+        Publisher { store, shards, metrics, woken, symbols_told: 0, sweep: Default::default() }
     }
 
     /// The store the updates go to (for reading what is already stored).

@@ -10,6 +10,7 @@
 //! conflated, if the session stays behind).
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -166,20 +167,16 @@ pub fn write_session(
         let offered: usize = s.partial.as_ref().map_or(0, |p| partial_len(p) - p.written)
             + plan.frames.iter().map(Planned::wire_len).sum::<usize>();
         let written = {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
+            let mut iov = IoVecs::new();
             if let Some(p) = &s.partial {
-                n = push_partial(&mut iov, p);
+                push_partial(&mut iov, p);
             }
             for f in &plan.frames {
                 for part in [f.head.as_bytes(), payload_bytes(core, &f.payload), f.tail] {
-                    if !part.is_empty() {
-                        iov[n] = IoSlice::new(part);
-                        n += 1;
-                    }
+                    iov.push(part);
                 }
             }
-            io.write_vectored(&iov[..n])
+            io.write_vectored(iov.as_slice())
         };
         let written = match written {
             Ok(w) => w,
@@ -337,19 +334,45 @@ fn partial_len(p: &PartialFrame) -> usize {
 }
 
 /// The unwritten rest of a partial frame, as iovecs; returns how many.
-fn push_partial<'a>(iov: &mut [IoSlice<'a>], p: &'a PartialFrame) -> usize {
+fn push_partial<'a>(iov: &mut IoVecs<'a>, p: &'a PartialFrame) {
     let mut skip = p.written;
-    let mut n = 0;
     for part in [p.head.as_bytes(), &p.payload[..], p.tail] {
         if skip >= part.len() {
             skip -= part.len();
             continue;
         }
-        iov[n] = IoSlice::new(&part[skip..]);
+        iov.push(&part[skip..]);
         skip = 0;
-        n += 1;
     }
-    n
+}
+
+/// The iovecs of one write, on the stack and never initialised beyond what is pushed: a write
+/// is built per session per turn, and zeroing all [`MAX_IOV`] slots each time showed in the
+/// profile.
+struct IoVecs<'a> {
+    slots: [MaybeUninit<IoSlice<'a>>; MAX_IOV],
+    len: usize,
+}
+
+impl<'a> IoVecs<'a> {
+    fn new() -> Self {
+        IoVecs { slots: [const { MaybeUninit::uninit() }; MAX_IOV], len: 0 }
+    }
+
+    /// Adds `part` (empty parts are left out). The plan never holds more than [`MAX_FRAMES`]
+    /// frames of at most three parts, plus a partial frame's three.
+    #[inline]
+    fn push(&mut self, part: &'a [u8]) {
+        if !part.is_empty() && self.len < MAX_IOV {
+            self.slots[self.len].write(IoSlice::new(part));
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[IoSlice<'a>] {
+        // SAFETY: the first `len` slots were written by `push`, and `IoSlice` has no drop glue.
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr().cast::<IoSlice<'a>>(), self.len) }
+    }
 }
 
 /// Applies what the kernel took: `written` bytes of the partial frame, then of the plan.
