@@ -52,9 +52,11 @@ let context = null;
 let page = null;
 let profileDir = null;
 
-function startGateway(port) {
+const others = []; // gateways other than `gateway`, each stopped by the step that started it
+function startGateway(port, extraArgs = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(GATEWAY_BIN, ['--listen', `127.0.0.1:${port}`, ...GATEWAY_ARGS], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(GATEWAY_BIN, ['--listen', `127.0.0.1:${port}`, ...GATEWAY_ARGS, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    others.push(child);
     const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
     let out = '';
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('gateway did not print its serving line within 20 s')); }, 20_000);
@@ -94,7 +96,7 @@ async function stopGateway(signal = 'SIGTERM') {
 }
 
 process.on('exit', () => {
-  if (gateway) gateway.child.kill('SIGKILL');
+  for (const child of others) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
 });
 // Stopped from outside (Ctrl-C, a CI timeout): still stop the gateway we started. Playwright
@@ -539,6 +541,27 @@ async function main() {
     } finally {
       await p.close();
       await proxy.close();
+    }
+  });
+
+  await step('with access tokens: the page passes its ?token= on to /symbols, /ws and /sse', async () => {
+    const secured = await startGateway(0, ['--access-tokens', 'browser-secret']);
+    const url = `http://127.0.0.1:${secured.port}/`;
+    try {
+      assert((await fetch(`${url}symbols`)).status === 401, '/symbols without a token is not 401');
+      for (const query of ['?token=browser-secret', '?token=browser-secret&transport=sse']) {
+        const p = await openPage(url + query); // a first visit: the list comes from /symbols
+        try {
+          await waitRowsLive(p, 10, 15_000);
+          const transport = await p.locator('#transport').getAttribute('data-transport');
+          assert(transport === (query.includes('sse') ? 'sse' : 'ws'), `${query}: on ${transport}`);
+        } finally {
+          await p.close();
+        }
+      }
+    } finally {
+      secured.child.kill('SIGTERM');
+      await Promise.race([secured.exited, sleep(10_000)]);
     }
   });
 
