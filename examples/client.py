@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """A robust client of the market data gateway, in Python with `websockets` and asyncio.
 
-It reconnects with exponential backoff and jitter, subscribes again (fresh snapshots) after every
-reconnect, and tracks `seq` per symbol: a gap is conflation (a throttle or a slow reader), not an error.
+It reconnects with exponential backoff and jitter and resumes: it keeps the `epoch` of its last
+session and the last `seq` of each symbol, and subscribes again with `resume`, so the gateway
+replays what it missed instead of sending snapshots (symbols it cannot replay, after a feed
+restart or a long outage, get a snapshot). It tracks `seq` per symbol: a gap is conflation (a
+throttle or a slow reader), not an error; a quote stamped before its session opened is marked
+`replayed`.
 
     python3 examples/client.py AAPL MSFT NVDA --url ws://127.0.0.1:8080/ws --max-seconds 30
 """
@@ -14,8 +18,19 @@ BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 15.0
 
 class Client:
     def __init__(self, args):
-        self.args, self.seq = args, {}
-        self.messages = self.gaps = self.conflated = self.sessions = 0
+        self.args, self.seq = args, {}  # seq: the last seq held per symbol, kept across sessions
+        self.epoch = None  # welcome.epoch of the last session: the sequence space of self.seq
+        self.session_ts = 0  # welcome.ts: quotes stamped earlier were missed, and are replayed
+        self.messages = self.gaps = self.conflated = self.sessions = self.resumed = self.snapshotted = 0
+
+    def subscribe_request(self, welcome):
+        request = {"op": "subscribe", "id": 1, "symbols": self.args.symbols, "snapshot": True,
+                   "throttle_ms": self.args.throttle_ms}
+        held = {s: q for s, q in self.seq.items() if s in self.args.symbols or self.args.symbols == ["*"]}
+        if self.epoch is not None and held:
+            limit = welcome.get("limits", {}).get("max_subscriptions", len(held))
+            request["resume"] = {"epoch": self.epoch, "seq": dict(list(held.items())[:limit])}
+        return request
 
     async def run(self):
         attempt = 0
@@ -27,8 +42,8 @@ class Client:
                         msg = json.loads(raw)
                         if msg["type"] == "welcome":
                             attempt = 0  # the link works again: the next outage starts from the base delay
-                            await ws.send(json.dumps({"op": "subscribe", "id": 1, "symbols": self.args.symbols,
-                                                      "snapshot": True, "throttle_ms": self.args.throttle_ms}))
+                            # Resume in the old session's epoch; the gateway compares it with its own.
+                            await ws.send(json.dumps(self.subscribe_request(msg)))
                         self.show(msg)
                         self.messages += 1
                         if self.messages == self.args.max_messages:
@@ -59,24 +74,37 @@ class Client:
                 note = f" conflated={seq - last - 1}"
             elif t == "quote" and last is not None and seq <= last:
                 note = f" OUT-OF-ORDER after {last}"
-            self.seq[sym] = seq  # a snapshot restarts tracking: a new session, or a restarted feed
+            if t == "quote" and m["ts"] < self.session_ts:
+                note += " replayed"
+            self.seq[sym] = seq  # a snapshot restarts tracking: a restarted feed may number anew
             print(f"{t} {sym} seq={seq} bid={m['bid']} ask={m['ask']} last={m['last']}"
                   f" volume={m['volume']}{note}", flush=True)
-        elif t == "welcome":
-            self.seq.clear()
+            return
+        if t == "welcome":
+            self.epoch, self.session_ts = m["epoch"], m["ts"]
             self.sessions += 1
-            print(f"welcome server={m['server']} session={m['session']} heartbeat_ms={m['heartbeat_ms']}", flush=True)
-        else:  # ack, error, heartbeat, pong
-            print(t, *(f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
-                       for k, v in m.items() if k != "type"), flush=True)
+            print(f"welcome server={m['server']} session={m['session']} epoch={m['epoch']}"
+                  f" heartbeat_ms={m['heartbeat_ms']}", flush=True)
+            return
+        print(t, *(f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+                   for k, v in m.items() if k != "type"), flush=True)  # ack, error, heartbeat, pong
+        if t == "ack" and "resumed" in m:  # the answer to a subscribe with `resume`
+            resumed = set(m["resumed"])
+            named = [s for s in m["symbols"] if s != "*"] or list(self.seq)
+            snapshotted = [s for s in named if s not in resumed]
+            self.resumed += len(resumed)
+            self.snapshotted += len(snapshotted)
+            print(f"resume: {len(resumed)} resumed ({','.join(m['resumed'])}),"
+                  f" {len(snapshotted)} snapshotted ({','.join(snapshotted)})", flush=True)
 
     def summary(self):
         print(f"done: {self.messages} messages, {self.gaps} seq gaps ({self.conflated} updates conflated),"
-              f" {max(0, self.sessions - 1)} reconnects", flush=True)
+              f" {max(0, self.sessions - 1)} reconnects ({self.resumed} symbols resumed,"
+              f" {self.snapshotted} snapshotted)", flush=True)
 
 
 async def main():
-    p = argparse.ArgumentParser(description="Print live quotes; reconnect and resubscribe on failure.")
+    p = argparse.ArgumentParser(description="Print live quotes; reconnect and resume on failure.")
     p.add_argument("symbols", nargs="*", default=["AAPL", "MSFT", "NVDA"])
     p.add_argument("--url", default="ws://127.0.0.1:8080/ws")
     p.add_argument("--token", help="access token, sent as 'Authorization: Bearer TOKEN'")

@@ -4,13 +4,17 @@
 Starts `$GATEWAY_BIN` (default target/debug/gateway) on 127.0.0.1:0, then:
   - examples/quotes.py prints a welcome, an ack, a snapshot per symbol and quotes, seq strictly
     increasing per symbol;
-  - examples/client.py and examples/node/client.mjs do the same, report throttled seq gaps as
-    conflation, and, when the gateway is stopped and started again on the same port, reconnect by
-    themselves and subscribe again (a new welcome, ack and fresh snapshots, then quotes).
+  - examples/client.py and examples/node/client.mjs do the same and report throttled seq gaps as
+    conflation; when their connection is cut (a TCP proxy on loopback drops it and refuses new
+    ones for a while) with the gateway up, they reconnect and resume: no snapshot, every missed
+    seq exactly once and in order; when the gateway is stopped and started again on the same port
+    (a new simulator, a new epoch), they reconnect and their resume is answered with snapshots;
+  - `curl -N` reads `/sse` as a client author would: welcome, ack, snapshots, quotes, each an
+    `event:`/`data:` pair; with `resume_epoch` and `since` the stream replays, without snapshots.
 Every wait is bounded, every process started here is stopped by its PID. The last line printed is
 `N passed, N failed`; the exit status is non-zero on any failure.
 """
-import json, os, re, signal, subprocess, sys, threading, time, traceback
+import json, os, re, signal, socket, subprocess, sys, threading, time, traceback
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +24,9 @@ ARTIFACTS = ROOT / "target/test-artifacts"
 SERVING_RE = re.compile(r"http://([0-9.]+):([0-9]+)/")
 LINE_RE = re.compile(r"^(snapshot|quote) (\S+) seq=(\d+)")
 WHOLE_RUN_TIMEOUT_S = 300
+# How long the proxy refuses connections after a cut: the gateway publishes meanwhile, and all of
+# it must be replayed (the gateway holds 5 s of history by default).
+CUT_S = 1.5
 
 ARTIFACTS.mkdir(parents=True, exist_ok=True)
 gateway_log = open(ARTIFACTS / "examples-gateway.log", "ab")
@@ -96,6 +103,64 @@ class Gateway:
                 time.sleep(0.5)
 
 
+class TcpProxy:
+    """The network between a client and the gateway, on loopback: `cut(refuse_s)` breaks every
+    connection through it (as a dropped link would) and refuses new ones for `refuse_s`."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.lock, self.conns, self.refuse_until = threading.Lock(), set(), 0.0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            if time.monotonic() < self.refuse_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock, how in ((dst, socket.SHUT_WR), (src, None)):
+            try:
+                sock.shutdown(how) if how is not None else sock.close()
+            except OSError:
+                pass
+
+    def cut(self, refuse_s):
+        self.refuse_until = time.monotonic() + refuse_s
+        with self.lock:
+            conns, self.conns = self.conns, set()
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.cut(0)
+        self.server.close()
+
+
 # ---- checks on what a client printed -----------------------------------------------------------
 def sessions(lines):
     """Split a readable client's output into sessions, each starting at a `welcome` line."""
@@ -162,10 +227,11 @@ def test_quotes_py(gw, symbols):
     check_session(readable, symbols, 20)
 
 
-def client_argv(kind, gw, symbols, *flags):
+def client_argv(kind, gw, symbols, *flags, url=None):
+    url = url or gw.ws_url
     if kind == "python":
-        return [sys.executable, "examples/client.py", *symbols, "--url", gw.ws_url, *flags]
-    return ["node", "examples/node/client.mjs", *symbols, "--url", gw.ws_url, *flags]
+        return [sys.executable, "examples/client.py", *symbols, "--url", url, *flags]
+    return ["node", "examples/node/client.mjs", *symbols, "--url", url, *flags]
 
 
 def test_client_steady(kind, gw, symbols):
@@ -215,8 +281,118 @@ def test_client_reconnects(kind, live, symbols):
         check_session([l for l in one if not l.startswith(("disconnected", "reconnecting", "connection error"))],
                       symbols, 0)
     check_session(s[-1], symbols, 5)
+    # It asked to resume, in the old simulator's epoch: the new one answers with snapshots.
+    assert epoch_of(s[0]) != epoch_of(s[-1]), "a restarted simulator kept its epoch"
+    resume = [l for l in s[-1] if l.startswith("resume: ")]
+    assert resume == [f"resume: 0 resumed (), {len(symbols)} snapshotted ({','.join(symbols)})"], f"resume lines: {resume}"
     done = [l for l in p.lines if l.startswith("done: ")]
-    assert done and re.search(r"[1-9]\d* reconnects", done[0]), f"summary: {done}"
+    assert done and re.search(r"[1-9]\d* reconnects \(0 symbols resumed, [1-9]\d* snapshotted\)", done[0]), f"summary: {done}"
+
+
+def epoch_of(session):
+    return re.search(r" epoch=(\S+)", session[0]).group(1)
+
+
+def test_client_resumes(kind, gw, symbols):
+    """Cuts the client's connection with the gateway up: it must resume, every missed seq once."""
+    proxy = TcpProxy(gw.port)
+    url = f"ws://127.0.0.1:{proxy.port}/ws"
+    p = Proc(client_argv(kind, gw, symbols, "--max-seconds", "60", url=url), f"{kind} client")
+    try:
+        p.wait_for(count_quotes_after_snapshots(symbols, 20), 15, "no snapshots and quotes")
+        proxy.cut(CUT_S)
+        p.wait_for(lambda ls: len(sessions(ls)) >= 2, 20, "did not reconnect after the cut")
+
+        def live_again(lines):
+            last = sessions(lines)[-1]
+            return sum(1 for l in last if l.startswith("quote ") and not l.endswith(" replayed")) >= 20
+        p.wait_for(live_again, 15, "no live quotes after the resume")
+    finally:
+        p.stop(signal.SIGINT)
+        proxy.close()
+    one, two = sessions(p.lines)[:2]
+    assert epoch_of(one) == epoch_of(two), "the epoch changed with the gateway up"
+    resume = [l for l in two if l.startswith("resume: ")]
+    assert resume == [f"resume: {len(symbols)} resumed ({','.join(symbols)}), 0 snapshotted ()"], f"resume lines: {resume}"
+    replayed = 0
+    for sym in symbols:
+        before = [int(m.group(3)) for m in map(LINE_RE.match, one) if m and m.group(2) == sym]
+        after = [(m.group(1), int(m.group(3)), l.endswith(" replayed")) for l, m in ((l, LINE_RE.match(l)) for l in two)
+                 if m and m.group(2) == sym]
+        assert before and after, f"{sym}: no messages before or after the cut"
+        assert all(kind == "quote" for kind, _, _ in after), f"{sym}: a snapshot after a resume"
+        seqs = [before[-1]] + [q for _, q, _ in after]
+        # Every missed (replayed) seq exactly once and in order, then strictly increasing.
+        missed = sum(1 for _, _, r in after if r)
+        for i in range(1, len(seqs)):
+            assert seqs[i] > seqs[i - 1], f"{sym}: seq {seqs[i]} after {seqs[i - 1]}"
+            if i <= missed:
+                assert seqs[i] == seqs[i - 1] + 1, f"{sym}: replayed seq {seqs[i]} after {seqs[i - 1]} (a gap or a repeat)"
+        assert all(r for _, _, r in after[:missed]), f"{sym}: replayed quotes are not the first after the resume"
+        replayed += missed
+    assert replayed > 0, f"nothing replayed after a {CUT_S} s cut"
+    print(f"     {replayed} updates missed during a {CUT_S} s cut, replayed", flush=True)
+    assert not any("OUT-OF-ORDER" in l for l in p.lines), "a seq arrived twice or out of order"
+    done = [l for l in p.lines if l.startswith("done: ")]
+    assert done and f"({len(symbols)} symbols resumed, 0 snapshotted)" in done[0], f"summary: {done}"
+    return replayed
+
+
+# ---- curl -N on /sse ---------------------------------------------------------------------------
+def curl_sse(gw, query, seconds):
+    """`curl -N` on /sse for `seconds`: the events as (type, message), in order."""
+    out = subprocess.run(["curl", "-N", "-sS", "--max-time", str(seconds), f"http://127.0.0.1:{gw.port}/sse?{query}"],
+                         cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 10)
+    assert out.returncode in (0, 28), f"curl exited {out.returncode}: {out.stderr.decode()[:200]}"  # 28: --max-time
+    events = []
+    for block in out.stdout.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+        if "event" in fields and "data" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_curl_sse(gw, symbols):
+    events = curl_sse(gw, f"symbols={','.join(symbols)}", 2)
+    assert events and events[0][0] == "welcome", f"first event: {events[:1]}"
+    assert events[1] == ("ack", {"type": "ack", "op": "subscribe", "symbols": symbols}), f"second event: {events[1]}"
+    last = {}
+    for name, m in events[2:]:
+        assert name == m["type"], f"event: {name} carries a {m['type']}"
+        if name in ("snapshot", "quote"):
+            assert name == "snapshot" or m["symbol"] in last, f"quote of {m['symbol']} before its snapshot"
+            assert m["seq"] > last.get(m["symbol"], 0), f"{m['symbol']}: seq {m['seq']} after {last.get(m['symbol'])}"
+            last[m["symbol"]] = m["seq"]
+    assert set(last) == set(symbols), f"messages for {sorted(last)} only"
+    assert sum(name == "quote" for name, _ in events) >= 10, "fewer than 10 quotes in 2 s"
+    return events[0][1]["epoch"], last
+
+
+def test_curl_sse_resume(gw, symbols, epoch, last):
+    """A stream opened with resume_epoch and since= replays from there, with no snapshot."""
+    since = ",".join(f"{s}:{q}" for s, q in last.items())
+    events = curl_sse(gw, f"symbols={','.join(symbols)}&resume_epoch={epoch}&since={since}", 2)
+    welcome = events[0][1]
+    assert events[1][1].get("resumed") == symbols, f"ack: {events[1]}"
+    seqs = {s: [last[s]] for s in symbols}
+    replayed = 0
+    for name, m in events[2:]:
+        assert name != "snapshot", f"a snapshot of {m['symbol']} in a resumed stream"
+        if name == "quote":
+            prev = seqs[m["symbol"]][-1]
+            if m["ts"] < welcome["ts"]:  # missed before the stream opened: replayed, without a gap
+                assert m["seq"] == prev + 1, f"{m['symbol']}: replayed seq {m['seq']} after {prev}"
+                replayed += 1
+            assert m["seq"] > prev, f"{m['symbol']}: seq {m['seq']} after {prev}"
+            seqs[m["symbol"]].append(m["seq"])
+    assert replayed > 0, "nothing replayed"
+    print(f"     {replayed} updates replayed from since=", flush=True)
+    # The same positions in another epoch: snapshots instead.
+    events = curl_sse(gw, f"symbols={','.join(symbols)}&resume_epoch=not-{epoch}&since={since}", 1)
+    assert events[1][1].get("resumed") == [], f"ack with a wrong epoch: {events[1]}"
+    assert [m["symbol"] for name, m in events[2:2 + len(symbols)]] == symbols and all(
+        name == "snapshot" for name, _ in events[2:2 + len(symbols)]), f"no snapshots first: {events[2:5]}"
+    return replayed
 
 
 def main():
@@ -260,11 +436,18 @@ def main():
             symbols = json.load(r)[:3]  # the well-known, busiest tickers come first
         print(f"gateway on port {gw.port}; symbols {symbols}", flush=True)
         run("quotes.py prints welcome, ack, snapshots and quotes in order", test_quotes_py, gw, symbols)
+        sse = run("curl -N /sse: welcome, ack, snapshots and quotes as event/data pairs", test_curl_sse, gw, symbols[:2])
+        if sse:
+            run("curl -N /sse with resume_epoch and since: replayed without a gap, no snapshot; a wrong epoch snapshots",
+                test_curl_sse_resume, gw, symbols[:2], *sse)
         for kind in ("python", "node"):
             label = "client.py" if kind == "python" else "node client.mjs"
             run(f"{label}: welcome, ack, snapshots, quotes with strictly increasing seq", test_client_steady, kind, live["gw"], symbols)
             run(f"{label}: a throttle's seq gaps are reported as conflation", test_client_conflation, kind, live["gw"], symbols)
-            run(f"{label}: reconnects and resubscribes when the gateway restarts", test_client_reconnects, kind, live, symbols)
+            run(f"{label}: a cut connection, the gateway up: resumes, every missed seq once and in order",
+                test_client_resumes, kind, live["gw"], symbols)
+            run(f"{label}: reconnects when the gateway restarts; a new epoch, so its resume gets snapshots",
+                test_client_reconnects, kind, live, symbols)
             if live["gw"].proc.p.poll() is not None:  # a failed restart test may leave no gateway up
                 live["gw"] = Gateway.start_on(live["gw"].port)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001

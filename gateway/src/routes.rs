@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use proto::request::{Resume, Symbols};
 
 use crate::access::{page_headers, AuthFailure, Grant, SessionSlot};
-use crate::clock::wall_ns;
+use crate::clock::{mono_ns, wall_ns};
 use crate::metrics::GaugeValues;
 use crate::net::http::{Method, RequestHead, Response};
 use crate::net::query::{self, Query, MAX_QUERY_PAIRS};
@@ -144,11 +144,15 @@ fn metrics(gw: &Gateway) -> Response {
     Response::new(200, "text/plain; version=0.0.4", gw.metrics.render(&gauges))
 }
 
+/// Every symbol the grant allows, most active first (`SnapshotStore::most_active_first`), so
+/// that a page's first ten are the ten busiest.
 fn symbols(gw: &Gateway, grant: &Grant) -> Response {
     let table = gw.store.table();
+    let order = gw.store.most_active_first(&table, mono_ns());
     let mut out = Vec::with_capacity(table.len() * 10 + 2);
     out.push(b'[');
-    for entry in table.entries.iter().filter(|e| grant.allows(&e.name)) {
+    let entries = order.iter().filter_map(|&id| table.entries.get(id as usize));
+    for entry in entries.filter(|e| grant.allows(&e.name)) {
         if out.len() > 1 {
             out.push(b',');
         }

@@ -7,8 +7,13 @@
 //! bounded by age and count (see [`HistoryLimits`]). The store never blocks the feed on a
 //! reader, never encodes per client, and knows nothing of sessions: a shard only finds here,
 //! per symbol, whether it has it queued and whether it has subscribers.
+//!
+//! Each symbol also counts its updates (one relaxed add per publish), so that `GET /symbols`
+//! can list the most active symbols first ([`SnapshotStore::most_active_first`]): the ranking
+//! is computed when asked, at most once per [`RANKING_TTL_NS`], never on the feed's path.
 
 use std::collections::{HashMap, VecDeque};
+use std::mem;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -59,6 +64,20 @@ pub struct Sweep {
     at_ns: u64,
 }
 
+/// How far back "most active" looks: a minute (to two) of updates, long enough that a burst
+/// does not reorder the list, short enough that a symbol that went quiet sinks within minutes.
+pub const ACTIVITY_WINDOW_NS: u64 = 60_000_000_000;
+
+/// Fewer updates than this in the window (a feed that just started, or a slow one) rank by the
+/// updates since start instead, and fewer than this since start keep the feed's own order: a
+/// ranking of a few hundred updates is noise (at 5,000 the second and third symbols of the
+/// simulator, 7% and 5% of updates, are 5 standard deviations apart).
+pub const MIN_RANKED_UPDATES: u64 = 5_000;
+
+/// A ranking is reused for this long: a page load per visitor costs one sort per second at
+/// most, whatever the number of visitors.
+pub const RANKING_TTL_NS: u64 = 1_000_000_000;
+
 /// What one held update costs: its frames (snapshot, quote, payload) and its bookkeeping.
 fn footprint(s: &Snapshot) -> u64 {
     (s.frames.snapshot.len() + s.frames.quote.len() + s.frames.payload.len() + 192) as u64
@@ -83,12 +102,19 @@ pub struct SymbolEntry {
     history: Mutex<VecDeque<Arc<Snapshot>>>,
     /// One per shard.
     pub shards: Box<[ShardFlags]>,
+    /// Updates stored since start (for the activity ranking).
+    updates: AtomicU64,
 }
 
 impl SymbolEntry {
     /// The latest snapshot, if the symbol has had an update.
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
         self.latest.load_full()
+    }
+
+    /// Updates stored since start.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
     }
 
     /// `seq` of the latest update (0: none yet), read without taking a reference.
@@ -219,6 +245,21 @@ pub struct SnapshotStore {
     /// Bytes the histories hold, and the window in force (shortened while over the budget).
     history_bytes: AtomicU64,
     window_ns: AtomicU64,
+    /// The baselines of the activity ranking and its last result.
+    activity: Mutex<Activity>,
+}
+
+/// Per-symbol update counts read at two moments, and the last ranking made from them.
+#[derive(Default)]
+struct Activity {
+    /// The window's start: counts (truncated to 32 bits; differences wrap correctly) and when
+    /// they were read (monotonic ns). Empty at first: the window then starts at zero.
+    base: Vec<u32>,
+    /// Counts read later, which become `base` once they are a window old.
+    next: Vec<u32>,
+    next_ns: u64,
+    /// The last ranking, for a table of this many symbols, made at `ranked_ns`.
+    ranked: Option<(Arc<[SymbolId]>, u64)>,
 }
 
 impl SnapshotStore {
@@ -241,6 +282,7 @@ impl SnapshotStore {
             live: AtomicBool::new(false),
             history_bytes: AtomicU64::new(0),
             window_ns: AtomicU64::new(history.max_age_ns),
+            activity: Mutex::new(Activity::default()),
         };
         for (name, precision) in symbols {
             store.intern(&name, precision);
@@ -282,6 +324,7 @@ impl SnapshotStore {
                 latest: ArcSwapOption::empty(),
                 history: Mutex::new(VecDeque::new()),
                 shards: (0..self.shards).map(|_| ShardFlags::default()).collect(),
+                updates: AtomicU64::new(0),
             }));
             by_name.insert(name.into(), id);
             Arc::new(SymbolTable { entries, by_name })
@@ -314,7 +357,55 @@ impl SnapshotStore {
         self.history_bytes.store((bytes + added).saturating_sub(dropped), Ordering::Relaxed);
         self.last_update_ns.store(wall_now_ns, Ordering::Relaxed);
         self.updates.fetch_add(1, Ordering::Relaxed);
+        entry.updates.fetch_add(1, Ordering::Relaxed);
         Ok(entry)
+    }
+
+    /// The ids of `table`'s symbols, most active first: by updates in the last one to two
+    /// [`ACTIVITY_WINDOW_NS`] (the window restarts from counts read when a ranking is asked
+    /// for, so it spans one to two windows while rankings are asked at least once a window),
+    /// ties in the feed's order (the order symbols were interned). With fewer than
+    /// [`MIN_RANKED_UPDATES`] in the window it ranks by the updates since start, and with fewer
+    /// than that since start it is the feed's order. Reused for [`RANKING_TTL_NS`].
+    pub fn most_active_first(&self, table: &SymbolTable, now_ns: u64) -> Arc<[SymbolId]> {
+        let mut activity = self.activity.lock();
+        if let Some((ranked, at)) = &activity.ranked {
+            if ranked.len() == table.len() && now_ns.saturating_sub(*at) < RANKING_TTL_NS {
+                return Arc::clone(ranked);
+            }
+        }
+        let counts: Vec<u64> = table.entries.iter().map(|e| e.updates()).collect();
+        // The baselines keep the low 32 bits: a difference wraps correctly while a symbol has
+        // fewer than 2^32 updates in a window.
+        let low: Vec<u32> = counts.iter().map(|&c| c as u32).collect();
+        if activity.next.is_empty() || now_ns.saturating_sub(activity.next_ns) >= ACTIVITY_WINDOW_NS
+        {
+            activity.base = mem::replace(&mut activity.next, low.clone());
+            activity.next_ns = now_ns;
+        }
+        let window: Vec<u32> = low
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| c.wrapping_sub(activity.base.get(i).copied().unwrap_or(0)))
+            .collect();
+        let score = if window.iter().map(|&c| u64::from(c)).sum::<u64>() >= MIN_RANKED_UPDATES {
+            window
+        } else if counts.iter().sum::<u64>() >= MIN_RANKED_UPDATES {
+            counts.iter().map(|&c| c.min(u64::from(u32::MAX)) as u32).collect()
+        } else {
+            vec![0; table.len()]
+        };
+        // (score, id) packed in one u64 per symbol, highest score first, then lowest id: one
+        // sort of plain integers, fast even for a million symbols.
+        let mut keys: Vec<u64> = score
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| u64::from(u32::MAX - c) << 32 | i as u64)
+            .collect();
+        keys.sort_unstable();
+        let ranked: Arc<[SymbolId]> = keys.iter().map(|&k| k as u32 as SymbolId).collect();
+        activity.ranked = Some((Arc::clone(&ranked), now_ns));
+        ranked
     }
 
     /// Wall-clock ns of the last update, 0 if none.
@@ -499,6 +590,59 @@ mod tests {
         let mut out = Vec::new();
         assert!(entry.history_after(6, 8, 10, &mut out));
         assert_eq!(out.len(), 2);
+    }
+
+    fn three_symbols() -> SnapshotStore {
+        let names = ["AAPL", "MSFT", "NVDA"].map(|n| (n.to_string(), 2));
+        SnapshotStore::new(names, 1, LIMITS)
+    }
+
+    /// Publishes `n` more updates of symbol `id`.
+    fn publish_n(store: &SnapshotStore, id: SymbolId, n: u64) {
+        let from = store.table().entries[id as usize].latest_seq() + 1;
+        for seq in from..from + n {
+            store.publish(id, quote(seq), 0, 0).ok().unwrap();
+        }
+    }
+
+    fn ranking(store: &SnapshotStore, now_ns: u64) -> Vec<SymbolId> {
+        store.most_active_first(&store.table(), now_ns).to_vec()
+    }
+
+    #[test]
+    fn too_few_updates_to_rank_keep_the_feeds_order() {
+        let store = three_symbols();
+        publish_n(&store, 2, 100);
+        publish_n(&store, 1, 50);
+        assert_eq!(ranking(&store, 0), [0, 1, 2], "150 updates are noise, not a ranking");
+    }
+
+    #[test]
+    fn symbols_rank_by_updates_then_in_the_feeds_order() {
+        let store = three_symbols();
+        publish_n(&store, 2, 3_000);
+        publish_n(&store, 1, 3_000);
+        publish_n(&store, 0, 1_000);
+        assert_eq!(ranking(&store, 0), [1, 2, 0], "a tie goes to the first interned");
+        publish_n(&store, 0, 5_000);
+        assert_eq!(ranking(&store, RANKING_TTL_NS - 1), [1, 2, 0], "reused within its TTL");
+        assert_eq!(ranking(&store, RANKING_TTL_NS), [0, 1, 2]);
+    }
+
+    #[test]
+    fn activity_older_than_the_window_is_forgotten() {
+        let store = three_symbols();
+        let minute = ACTIVITY_WINDOW_NS;
+        publish_n(&store, 0, 20_000);
+        assert_eq!(ranking(&store, 0), [0, 1, 2]);
+        // A window later, the window counts from that first ranking on: AAPL's 20,000 are older.
+        publish_n(&store, 2, 6_000);
+        assert_eq!(ranking(&store, minute), [2, 0, 1]);
+        publish_n(&store, 2, 6_000);
+        publish_n(&store, 1, 1);
+        assert_eq!(ranking(&store, 2 * minute), [2, 1, 0], "AAPL had nothing in this window");
+        // A window that is too quiet ranks by the updates since start.
+        assert_eq!(ranking(&store, 3 * minute), [0, 2, 1]);
     }
 
     #[test]

@@ -79,6 +79,32 @@ async fn symbols_lists_every_subscribable_symbol() {
 }
 
 #[tokio::test]
+async fn symbols_lists_the_most_active_first() {
+    let names = [("AAPL", 2), ("MSFT", 2), ("NVDA", 2), ("AMZN", 2)];
+    let (gw, feed) = TestGateway::start_manual(&names, |_| {}).await;
+    let listed = |r: HttpResponse| r.json().as_array().unwrap().clone();
+    // Too few updates to rank: the feed's own order.
+    assert_eq!(listed(gw.get("/symbols").await), ["AAPL", "MSFT", "NVDA", "AMZN"]);
+    let quote = |seq| proto::Quote {
+        seq,
+        bid: proto::Price(100),
+        ask: proto::Price(101),
+        last: proto::Price(100),
+        ..proto::Quote::default()
+    };
+    // 5,000 updates (gateway::store::MIN_RANKED_UPDATES): NVDA 3,000, AMZN 2,000, MSFT none.
+    for (symbol, n) in [("NVDA", 3_000), ("AMZN", 1_999), ("AAPL", 1)] {
+        for seq in 1..=n {
+            feed.publish(symbol, 2, quote(seq)).await.unwrap();
+        }
+    }
+    // A ranking is reused for a second (gateway::store::RANKING_TTL_NS).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(listed(gw.get("/symbols").await), ["NVDA", "AMZN", "AAPL", "MSFT"]);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn snapshot_returns_the_latest_quote_of_each_symbol() {
     let gw = TestGateway::start().await;
     let r = gw.get("/snapshot?symbols=AAPL,EURUSD").await;

@@ -12,8 +12,8 @@
 
 /// `Content-Security-Policy` of `/`.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-     script-src 'sha256-rn5PRHCCbARDixs0OfpJ+QXmYLkb2TMV+8QMzi02Tvo='; \
-     style-src 'sha256-wrOvNVUKLTWVAWnatQbcXLRtIwseczIzoEFA6Tjwlb8='; \
+     script-src 'sha256-Tb5EhAiFQQccUAMf66fmdfXKjU6shDC6jOqyQ7PI8DU='; \
+     style-src 'sha256-j+N3DhN411DEtpXHoXOwMZFj8etkpvuq6b7VoBCAq+g='; \
      connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 

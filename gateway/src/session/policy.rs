@@ -5,8 +5,11 @@
 //! The rules, in order:
 //! - nothing stored yet, or nothing newer than what the session has: skip;
 //! - a snapshot is due (a subscribe asked for one): the latest, as a `snapshot`;
-//! - a resume replays every missed update in order (no age cut-off, no throttle), unless the
-//!   session is behind or the history no longer holds them: then the latest (conflation);
+//! - a resume replays every missed update in order (no age cut-off, no throttle), at the pace
+//!   the socket takes them, until the history no longer holds the next one: then the latest
+//!   (conflation). A replay is larger than a socket buffer by nature, so a refused write is no
+//!   sign of a client that cannot keep up; one that reads slower than the feed falls out of the
+//!   history window (a few seconds) and is conflated there, and nothing is queued for it;
 //! - a throttled subscription waits until its next send time, then gets the latest;
 //! - a session that keeps up gets every update: a short gap of recent updates is replayed
 //!   from the history, then the latest;
@@ -83,7 +86,7 @@ pub fn decide(sub: &Subscription, symbol: &Symbol, now: &Conditions) -> Delivery
     if sub.resuming {
         return if gap == 0 {
             Delivery::Latest { skipped: 0 }
-        } else if now.behind || !held {
+        } else if !held {
             Delivery::Latest { skipped: gap }
         } else {
             Delivery::Replay { from: sub.last_seq + 1 }
@@ -211,8 +214,10 @@ mod tests {
             Delivery::Replay { from: 1042 }
         );
         assert_eq!(decide(&s, &symbol(1042, old), &at(0)), Delivery::Latest { skipped: 0 });
-        // Behind, or the history moved on: conflate, never queue.
-        assert_eq!(decide(&s, &symbol(2000, old), &behind(0)), Delivery::Latest { skipped: 958 });
+        // A refused write (the replay filled the socket's buffer) goes on replaying from the
+        // shared history; once the history moved on, conflate: never a queue.
+        assert_eq!(decide(&s, &symbol(2000, old), &behind(0)), Delivery::Replay { from: 1042 });
         assert_eq!(decide(&s, &symbol(2000, None), &at(0)), Delivery::Latest { skipped: 958 });
+        assert_eq!(decide(&s, &symbol(2000, None), &behind(0)), Delivery::Latest { skipped: 958 });
     }
 }

@@ -1,9 +1,16 @@
 // The dashboard page (`GET /`) in a real headless Chromium, against the real gateway.
 //
-// Walks through what a user does: open the page, pick three symbols with the search box, watch
-// prices move, switch the throttle to 1 s and see the message rate drop, lose the gateway (SIGTERM)
-// and see the page say so, get it back on the same port and see the page recover by itself with
-// fresh snapshots, reload and find the watchlist kept. Screenshots land in
+// Walks through what a user does: open the page for the first time and see the ten most active
+// symbols live without a click, pick three symbols with the search box, watch prices move, switch
+// the throttle to 1 s and see the message rate drop, lose the gateway (SIGTERM) and see the page
+// say so, get it back on the same port (a new feed epoch: the resume is answered with snapshots),
+// reload and find the watchlist kept, freeze the gateway (SIGSTOP) and see the page resume without
+// a snapshot. Then the network, not the gateway, fails: through a TCP proxy on loopback the page's
+// connection is cut while the gateway keeps publishing, and the page resumes with every missed seq
+// once, in order (read from the WebSocket frames Chromium received). Server-Sent Events: with
+// `?transport=sse` (a real EventSource; a watchlist change opens a new stream that resumes), and
+// through a proxy that refuses WebSocket upgrades, where the page falls back to SSE by itself and
+// resumes across a cut of the stream. Screenshots land in
 // target/test-artifacts/ for a human to look at; with UPDATE_DOCS_SCREENSHOT=1 the final one is
 // also copied to docs/dashboard.png (the README's picture).
 //
@@ -12,6 +19,7 @@
 // Run: cd gateway/tests/browser && npm install && GATEWAY_BIN=/abs/path/to/gateway node browser.test.mjs
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,10 +29,15 @@ const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const GATEWAY_BIN = process.env.GATEWAY_BIN || path.join(ROOT, 'target/debug/gateway');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(ROOT, 'target/test-artifacts');
-const WHOLE_RUN_TIMEOUT_MS = 240_000;
+const WHOLE_RUN_TIMEOUT_MS = 300_000;
 const SERVING_RE = /http:\/\/([0-9.]+):([0-9]+)\//;
 // A short heartbeat, so that the frozen-gateway step sees the page's watchdog act within seconds.
-const GATEWAY_ARGS = ['--heartbeat-ms', '1000'];
+// A 15 s history (default 5 s): the frozen gateway's last updates before SIGSTOP are 4–5 s old
+// when the page reconnects, and must still be held for the resume that step pins.
+const GATEWAY_ARGS = ['--heartbeat-ms', '1000', '--history-ms', '15000'];
+// How long the proxy refuses connections after a cut: the gateway publishes meanwhile, and the
+// page must get all of it replayed (well inside the gateway's history).
+const CUT_MS = 1500;
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
@@ -39,9 +52,11 @@ let context = null;
 let page = null;
 let profileDir = null;
 
-function startGateway(port) {
+const others = []; // gateways other than `gateway`, each stopped by the step that started it
+function startGateway(port, extraArgs = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(GATEWAY_BIN, ['--listen', `127.0.0.1:${port}`, ...GATEWAY_ARGS], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(GATEWAY_BIN, ['--listen', `127.0.0.1:${port}`, ...GATEWAY_ARGS, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    others.push(child);
     const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
     let out = '';
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error('gateway did not print its serving line within 20 s')); }, 20_000);
@@ -81,12 +96,79 @@ async function stopGateway(signal = 'SIGTERM') {
 }
 
 process.on('exit', () => {
-  if (gateway) gateway.child.kill('SIGKILL');
+  for (const child of others) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
 });
 // Stopped from outside (Ctrl-C, a CI timeout): still stop the gateway we started. Playwright
 // closes the browser it launched on its own exit handlers.
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { log(`stopped by ${sig}`); process.exit(130); });
+
+// ---- a TCP proxy on loopback: the network between the browser and the gateway -----------------
+// `cut(ms)` breaks every connection through it (as a dropped Wi-Fi or a restarted NAT would) and
+// refuses new ones for `ms`; with `blockWebSocket` it answers every WebSocket upgrade with 403, as
+// a corporate proxy that only passes plain HTTP does. Everything else is passed through untouched.
+const proxies = [];
+class TcpProxy {
+  constructor(targetPort, { blockWebSocket = false } = {}) {
+    this.targetPort = targetPort;
+    this.blockWebSocket = blockWebSocket;
+    this.sockets = new Set();
+    this.refusing = false;
+    this.upgradesRefused = 0;
+    proxies.push(this);
+  }
+
+  start() {
+    return new Promise((resolve, reject) => {
+      this.server = net.createServer((client) => this.accept(client));
+      this.server.once('error', reject);
+      this.server.listen(0, '127.0.0.1', () => { this.port = this.server.address().port; resolve(this); });
+    });
+  }
+
+  accept(client) {
+    client.on('error', () => {});
+    if (this.refusing) { client.destroy(); return; }
+    const upstream = net.connect(this.targetPort, '127.0.0.1');
+    upstream.on('error', () => {});
+    this.sockets.add(client);
+    this.sockets.add(upstream);
+    const forget = () => {
+      this.sockets.delete(client);
+      this.sockets.delete(upstream);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', forget);
+    upstream.on('close', forget);
+    upstream.pipe(client);
+    client.on('data', (chunk) => {
+      if (this.blockWebSocket && /\r\nupgrade:[ \t]*websocket/i.test(chunk.toString('latin1'))) {
+        this.upgradesRefused += 1;
+        upstream.removeListener('close', forget);
+        upstream.destroy();
+        this.sockets.delete(upstream);
+        client.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\nWebSocket is not allowed.\n');
+        return;
+      }
+      upstream.write(chunk);
+    });
+  }
+
+  cut(refuseMs) {
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    if (refuseMs > 0) {
+      this.refusing = true;
+      setTimeout(() => { this.refusing = false; }, refuseMs);
+    }
+  }
+
+  close() {
+    this.cut(0);
+    return new Promise((r) => this.server.close(() => r()));
+  }
+}
 
 // ---- a tiny step runner: steps build on each other, so the first failure skips the rest --------
 const results = { passed: 0, failed: 0, skipped: 0 };
@@ -120,8 +202,54 @@ async function rowInfo(sym) {
     if (!tr) return null;
     const cell = (f) => tr.querySelector(`[data-field="${f}"]`).textContent;
     return { bid: cell('bid'), ask: cell('ask'), last: cell('last'), seq: Number(tr.dataset.seq || 0),
-      snapshots: Number(tr.dataset.snapshots || 0) };
+      snapshots: Number(tr.dataset.snapshots || 0), duplicates: Number(tr.dataset.duplicates || 0) };
   }, sym);
+}
+const rowSymbols = (p = page) => p.locator('tbody tr[data-symbol]').evaluateAll((trs) => trs.map((tr) => tr.dataset.symbol));
+// Every row of `p` has a snapshot and a price.
+async function waitRowsLive(p, count, timeout) {
+  await p.waitForFunction((n) => {
+    const trs = [...document.querySelectorAll('tbody tr[data-symbol]')];
+    return trs.length === n && trs.every((tr) => Number(tr.dataset.snapshots) >= 1 && tr.querySelector('[data-field="bid"]').textContent !== '');
+  }, count, { timeout });
+}
+// Per row: snapshots, duplicates, seq.
+const rowCounters = (p) => p.locator('tbody tr[data-symbol]').evaluateAll((trs) => Object.fromEntries(trs.map((tr) =>
+  [tr.dataset.symbol, { snapshots: Number(tr.dataset.snapshots || 0), duplicates: Number(tr.dataset.duplicates || 0), seq: Number(tr.dataset.seq || 0) }])));
+const sessionId = (p) => p.locator('#server-id').textContent();
+// The header's reconnect figures once this session's acks are in: { resumed, snapshotted }.
+async function waitResumeInfo(p, expected, timeout) {
+  await p.waitForFunction((want) => {
+    const b = document.getElementById('resume-info');
+    return b.dataset.resumed === String(want.resumed) && b.dataset.snapshotted === String(want.snapshotted);
+  }, expected, { timeout }).catch(async (e) => {
+    const b = await p.locator('#resume-info').evaluate((x) => `${x.textContent} (resumed=${x.dataset.resumed}, snapshotted=${x.dataset.snapshotted})`);
+    throw new Error(`reconnect shows ${b}, expected ${expected.resumed} resumed · ${expected.snapshotted} snapshotted`);
+  });
+}
+// A page of its own in the browser, for one step; `prepare(p)` runs before it loads.
+async function openPage(url, prepare = () => {}) {
+  const p = await context.newPage();
+  p.on('pageerror', (e) => pageErrors.push(String(e)));
+  p.setDefaultTimeout(15_000);
+  prepare(p);
+  await p.goto(url, { timeout: 15_000 });
+  return p;
+}
+// Records the quotes and snapshots of the WebSocket frames the page receives: per symbol, the
+// list of [type, seq, ts] in arrival order, each list cut into sessions at every welcome.
+function recordFrames(p) {
+  const rec = { sessions: [] };
+  p.on('websocket', (ws) => ws.on('framereceived', ({ payload }) => {
+    let m;
+    try { m = JSON.parse(typeof payload === 'string' ? payload : payload.toString()); } catch (e) { return; }
+    if (m.type === 'welcome') rec.sessions.push({ welcome: m, acks: [], seqs: {} });
+    const s = rec.sessions[rec.sessions.length - 1];
+    if (!s) return;
+    if (m.type === 'ack') s.acks.push(m);
+    if (m.type === 'quote' || m.type === 'snapshot') (s.seqs[m.symbol] ||= []).push([m.type, m.seq, m.ts]);
+  }));
+  return rec;
 }
 async function averageRate(samples) {
   let sum = 0;
@@ -149,7 +277,7 @@ async function main() {
     assert(html.includes('id="conn-state"') && html.includes('id="symbol-search"'), 'GET / is not the dashboard page (gateway/assets/index.html)');
   });
 
-  await step('the page opens in Chromium and connects', async () => {
+  await step('a first visit shows the ten most active symbols live, without a click', async () => {
     profileDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gw-browser-'));
     context = await chromium.launchPersistentContext(profileDir, {
       executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, viewport: { width: 1360, height: 760 }, timeout: 30_000,
@@ -157,13 +285,29 @@ async function main() {
     page = context.pages()[0] || await context.newPage();
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.setDefaultTimeout(15_000);
+    const opened = Date.now();
     await page.goto(base, { timeout: 15_000 });
     await waitConnState(['connected'], 10_000);
     assert((await page.locator('#conn-state').textContent()).trim() === 'connected', '#conn-state text is not "connected"');
-    assert(await page.locator('tr[data-symbol]').count() === 0, 'a fresh browser profile should start with an empty watchlist');
+    await waitRowsLive(page, 10, 10_000);
+    const first = await rowSymbols();
+    const listed = await (await fetch(new URL('symbols', base))).json();
+    log(`     live within ${((Date.now() - opened) / 1000).toFixed(1)} s: ${first.join(' ')}`);
+    assert(new Set(first).size === 10 && first.every((s) => listed.includes(s)), `rows ${first} are not ten listed symbols`);
+    // The simulator's hottest symbol (a sixth of all updates) is among the ten most active.
+    assert(first.includes('AAPL'), `AAPL, the busiest symbol, is not among ${first}`);
+    const seqs = {};
+    for (const s of first) seqs[s] = (await rowInfo(s)).seq;
+    await page.waitForFunction((prev) => Object.entries(prev).every(([s, seq]) =>
+      Number(document.querySelector(`tr[data-symbol="${s}"]`).dataset.seq) > seq), seqs, { timeout: 20_000 });
+    assert(await page.locator('#transport').getAttribute('data-transport') === 'ws', 'not on WebSocket');
+    assert((await page.locator('#resume-info').textContent()).trim() === '–', 'a first session has nothing to resume');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-first-visit.png') });
   });
 
-  await step('three symbols are picked with the search box', async () => {
+  await step('the watchlist is cleared, and three symbols are picked with the search box', async () => {
+    await page.click('#clear-watchlist');
+    assert(await page.locator('tr[data-symbol]').count() === 0, 'clear left rows');
     const all = await (await fetch(new URL('symbols', base))).json();
     assert(Array.isArray(all) && all.length >= 3, 'GET /symbols lists fewer than three symbols');
     picked = all.slice(0, 3); // the well-known, busiest tickers come first
@@ -229,7 +373,7 @@ async function main() {
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-disconnected.png') });
   });
 
-  await step('the gateway back on the same port: the page recovers by itself with fresh snapshots', async () => {
+  await step('the gateway back on the same port: a new feed epoch, so the page\'s resume is answered with snapshots', async () => {
     const before = {};
     for (const s of picked) before[s] = await rowInfo(s);
     const port = Number(new URL(base).port);
@@ -240,6 +384,9 @@ async function main() {
       const tr = document.querySelector(`tr[data-symbol="${s}"]`);
       return Number(tr.dataset.snapshots) > prev[s];
     }), { syms: picked, prev: Object.fromEntries(picked.map((s) => [s, before[s].snapshots])) }, { timeout: 10_000 });
+    // The page asked to resume (its rows hold seqs of the old epoch); the new simulator's epoch
+    // differs, so every symbol was snapshotted, and the header says so.
+    await waitResumeInfo(page, { resumed: 0, snapshotted: picked.length }, 5_000);
     // and quotes flow again after the snapshot (the throttle choice was kept: 1 per second)
     const snap = {};
     for (const s of picked) snap[s] = await rowInfo(s);
@@ -255,11 +402,13 @@ async function main() {
     assert(JSON.stringify(rows) === JSON.stringify(picked), `after reload rows are ${rows}`);
     await page.waitForFunction((syms) => syms.every((s) => Number(document.querySelector(`tr[data-symbol="${s}"]`).dataset.snapshots) >= 1),
       picked, { timeout: 10_000 });
+    assert((await page.locator('#resume-info').textContent()).trim() === '–', 'a reloaded page has nothing to resume');
   });
 
-  await step('a frozen gateway (SIGSTOP) shows the feed stale, then the page drops the silent link and recovers on SIGCONT', async () => {
+  await step('a frozen gateway (SIGSTOP) shows the feed stale, then the page drops the silent link and resumes on SIGCONT', async () => {
     const before = {};
     for (const s of picked) before[s] = await rowInfo(s);
+    const session = await sessionId(page);
     gateway.child.kill('SIGSTOP');
     try {
       // Nothing arrives any more: no quote, no heartbeat (1 s here). Stale after two silent beats.
@@ -272,9 +421,148 @@ async function main() {
       gateway.child.kill('SIGCONT');
     }
     await waitConnState(['connected'], 30_000);
-    await page.waitForFunction(({ syms, prev }) => syms.every((s) => Number(document.querySelector(`tr[data-symbol="${s}"]`).dataset.snapshots) > prev[s]),
-      { syms: picked, prev: Object.fromEntries(picked.map((s) => [s, before[s].snapshots])) }, { timeout: 10_000 });
+    assert(await sessionId(page) !== session, 'no new session after the freeze');
+    // Same gateway, same epoch, the missed updates still held: every row is resumed, none
+    // snapshotted (no flash of snapshots), and nothing arrives twice.
+    await waitResumeInfo(page, { resumed: picked.length, snapshotted: 0 }, 10_000);
     await page.waitForFunction(() => document.getElementById('feed-state').dataset.state === 'live', null, { timeout: 10_000 });
+    for (const s of picked) {
+      const now = await rowInfo(s);
+      assert(now.snapshots === before[s].snapshots, `${s}: ${now.snapshots - before[s].snapshots} snapshot(s) after a resume`);
+      assert(now.duplicates === 0, `${s}: ${now.duplicates} quote(s) received twice`);
+      assert(now.seq >= before[s].seq, `${s}: seq went back from ${before[s].seq} to ${now.seq}`);
+    }
+  });
+
+  await step('the network fails, not the gateway: across a cut connection the page resumes with every missed seq once, in order', async () => {
+    const proxy = await new TcpProxy(gateway.port).start();
+    let frames = null;
+    // Another origin (its own storage): a first visit again.
+    const p = await openPage(`http://127.0.0.1:${proxy.port}/`, (q) => { frames = recordFrames(q); });
+    try {
+      await waitRowsLive(p, 10, 15_000);
+      const syms = await rowSymbols(p);
+      await sleep(1000);
+      const before = await rowCounters(p);
+      proxy.cut(CUT_MS); // the gateway publishes on; the page cannot reach it for 1.5 s
+      await p.waitForFunction(() => document.getElementById('conn-state').dataset.state !== 'connected', null, { timeout: 5_000 });
+      await p.waitForFunction(() => document.getElementById('conn-state').dataset.state === 'connected', null, { timeout: 15_000 });
+      await waitResumeInfo(p, { resumed: syms.length, snapshotted: 0 }, 10_000);
+      await sleep(1000); // live quotes after the replay
+      const after = await rowCounters(p);
+      assert(frames.sessions.length === 2, `${frames.sessions.length} sessions recorded, expected 2`);
+      const [one, two] = frames.sessions;
+      assert(two.welcome.epoch === one.welcome.epoch, 'the epoch changed with the gateway up');
+      const resume = two.acks.find((a) => Array.isArray(a.resumed));
+      assert(resume && resume.resumed.length === syms.length, `the ack of the resume: ${JSON.stringify(resume)}`);
+      let replayed = 0;
+      for (const s of syms) {
+        const a = one.seqs[s] || [], b = two.seqs[s] || [];
+        assert(b.length > 0 && b.every(([type]) => type === 'quote'), `${s}: the second session has a snapshot or nothing`);
+        assert(a.length > 0, `${s}: nothing in the first session`);
+        const last = a[a.length - 1][1];
+        const seqs = b.map(([, q]) => q);
+        // What the cut made the page miss: the updates published before the new session opened.
+        const missed = b.filter(([, , ts]) => ts < two.welcome.ts).length;
+        assert(seqs[0] === last + 1, `${s}: the first quote after the cut is ${seqs[0]}, the last before it ${last}`);
+        for (let i = 1; i < seqs.length; i++) {
+          assert(seqs[i] > seqs[i - 1], `${s}: seq ${seqs[i]} after ${seqs[i - 1]}`);
+          // Every missed seq exactly once and in order (later, live, a slow page may be conflated).
+          if (i < missed) assert(seqs[i] === seqs[i - 1] + 1, `${s}: replayed seq ${seqs[i]} after ${seqs[i - 1]}`);
+        }
+        replayed += missed;
+        assert(after[s].snapshots === before[s].snapshots && after[s].duplicates === 0, `${s}: ${JSON.stringify(after[s])} after the cut`);
+      }
+      log(`     ${syms.length} symbols resumed across a ${CUT_MS / 1000} s cut: ${replayed} missed updates replayed, no gap, no duplicate`);
+      assert(replayed > 0, 'nothing was replayed: the cut missed no update?');
+    } finally {
+      await p.close();
+      await proxy.close();
+    }
+  });
+
+  await step('?transport=sse: quotes over Server-Sent Events (a real EventSource); a changed watchlist opens a new stream that resumes', async () => {
+    const p = await openPage(`${base}?transport=sse`); // this origin's watchlist: the three picked
+    try {
+      await p.waitForFunction(() => document.getElementById('conn-state').dataset.state === 'connected', null, { timeout: 10_000 });
+      assert(await p.locator('#transport').getAttribute('data-transport') === 'sse', 'not on SSE');
+      assert((await p.locator('#transport').textContent()).includes('?transport=sse'), 'the header does not say why SSE');
+      await waitRowsLive(p, picked.length, 10_000);
+      const first = await rowCounters(p);
+      await p.waitForFunction((prev) => Object.entries(prev).some(([s, r]) =>
+        Number(document.querySelector(`tr[data-symbol="${s}"]`).dataset.seq) > r.seq), first, { timeout: 10_000 });
+      const before = await rowCounters(p);
+      const session = await sessionId(p);
+      const listed = await (await fetch(new URL('symbols', base))).json();
+      const extra = listed.find((s) => !picked.includes(s));
+      await p.fill('#symbol-search', `${extra},`); // a typed list: added as written
+      await p.press('#symbol-search', 'Enter');
+      await p.waitForFunction((old) => document.getElementById('server-id').textContent !== old, session, { timeout: 10_000 });
+      // The new stream names all four symbols and resumes the three the page holds.
+      await waitResumeInfo(p, { resumed: picked.length, snapshotted: 1 }, 10_000);
+      await waitRowsLive(p, picked.length + 1, 10_000);
+      const after = await rowCounters(p);
+      for (const s of picked) {
+        assert(after[s].snapshots === before[s].snapshots, `${s}: snapshotted again by the new stream`);
+        assert(after[s].duplicates === 0 && after[s].seq >= before[s].seq, `${s}: ${JSON.stringify(after[s])}`);
+      }
+      assert(after[extra].snapshots === 1, `${extra}: ${after[extra].snapshots} snapshots`);
+      assert((await p.locator('#rtt').textContent()).trim() === 'n/a', 'rtt shown on a one-way stream');
+      await p.screenshot({ path: path.join(ARTIFACTS, 'dashboard-sse.png') });
+    } finally {
+      await p.close();
+    }
+  });
+
+  await step('a proxy that refuses WebSocket: the page falls back to SSE by itself, says so, and resumes across a cut stream', async () => {
+    const proxy = await new TcpProxy(gateway.port, { blockWebSocket: true }).start();
+    const p = await openPage(`http://127.0.0.1:${proxy.port}/`);
+    try {
+      await p.waitForFunction(() => document.getElementById('transport').dataset.transport === 'sse', null, { timeout: 20_000 });
+      assert((await p.locator('#transport').textContent()).includes('fallback'), 'the header does not say it fell back');
+      assert(proxy.upgradesRefused >= 3, `fell back after ${proxy.upgradesRefused} refused upgrades`);
+      await waitRowsLive(p, 10, 15_000);
+      await sleep(500);
+      const before = await rowCounters(p);
+      const session = await sessionId(p);
+      proxy.cut(CUT_MS);
+      await p.waitForFunction(() => document.getElementById('conn-state').dataset.state !== 'connected', null, { timeout: 5_000 });
+      await p.waitForFunction(() => document.getElementById('conn-state').dataset.state === 'connected', null, { timeout: 15_000 });
+      assert(await sessionId(p) !== session, 'no new stream after the cut');
+      await waitResumeInfo(p, { resumed: 10, snapshotted: 0 }, 10_000);
+      await sleep(500);
+      const after = await rowCounters(p);
+      for (const [s, r] of Object.entries(after)) {
+        assert(r.snapshots === before[s].snapshots, `${s}: snapshotted after the cut`);
+        assert(r.duplicates === 0 && r.seq > before[s].seq, `${s}: ${JSON.stringify(r)} after ${JSON.stringify(before[s])}`);
+      }
+      assert(await p.locator('#transport').getAttribute('data-transport') === 'sse', 'left SSE after the cut');
+      await p.screenshot({ path: path.join(ARTIFACTS, 'dashboard-sse-fallback.png') });
+    } finally {
+      await p.close();
+      await proxy.close();
+    }
+  });
+
+  await step('with access tokens: the page passes its ?token= on to /symbols, /ws and /sse', async () => {
+    const secured = await startGateway(0, ['--access-tokens', 'browser-secret']);
+    const url = `http://127.0.0.1:${secured.port}/`;
+    try {
+      assert((await fetch(`${url}symbols`)).status === 401, '/symbols without a token is not 401');
+      for (const query of ['?token=browser-secret', '?token=browser-secret&transport=sse']) {
+        const p = await openPage(url + query); // a first visit: the list comes from /symbols
+        try {
+          await waitRowsLive(p, 10, 15_000);
+          const transport = await p.locator('#transport').getAttribute('data-transport');
+          assert(transport === (query.includes('sse') ? 'sse' : 'ws'), `${query}: on ${transport}`);
+        } finally {
+          await p.close();
+        }
+      }
+    } finally {
+      secured.child.kill('SIGTERM');
+      await Promise.race([secured.exited, sleep(10_000)]);
+    }
   });
 
   await step('a fuller watchlist renders; screenshot for a human', async () => {
@@ -322,6 +610,7 @@ async function main() {
 }
 
 async function cleanup() {
+  for (const proxy of proxies) await proxy.close().catch(() => {});
   if (context) await Promise.race([context.close().catch(() => {}), sleep(10_000)]);
   await stopGateway('SIGTERM').catch(() => {});
   if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
