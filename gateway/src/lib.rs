@@ -3,19 +3,23 @@
 //! Data path, left to right (one module each):
 //!
 //! ```text
-//! feed ──> store ──> shard: fan-out ──> shard: write pass ──> socket
-//! (sim,    (latest,  (mark each         (per session: what the
-//!  NATS)    history,  subscriber's       policy says is due, in one
-//!           encoded   subscription)      vectored write)
-//!           once)
-//!                    shard: read ──> session::requests (limits, subscriptions, answers)
+//! feed ──> store ──> inbox ──> shard: fan-out ──> shard: write pass ──> socket
+//! (sim,    (latest,  (symbol   (fanout: link      (per session: what delivery
+//!  NATS)    history,  ids,      each subscriber    says is due, in one vectored
+//!           encoded   once per  onto its ready     write)
+//!           once)     shard)    list)
+//!                    shard: read ──> session::inbound ──> shard::requests (limits, answers)
 //! ```
 //!
 //! - [`feed`]: where quotes come from (an input of [`run`]); the [`feed::Publisher`] stores
 //!   them and tells the shards.
 //! - [`store`]: every symbol's latest quote (encoded once) and its recent history.
-//! - [`shard`]: one thread and event loop per core: connections, fan-out, timers, writes.
-//! - [`session`]: one session's state, its requests, and the pure delivery [`session::policy`].
+//! - [`inbox`]: what other threads hand a shard (connections, commands, updated symbols).
+//! - [`shard`]: one thread and event loop per core: connections, fan-out, timers, requests,
+//!   writes.
+//! - [`fanout`]: a shard's subscription records, subscriber lists and ready lists.
+//! - [`delivery`]: the pure delivery policy (what one subscription gets next).
+//! - [`session`]: one session's state, and its client frames ([`session::inbound`]).
 //! - [`net`]: bytes on the wire: HTTP/1.1 heads, query strings, WebSocket framing, TLS, the
 //!   PROXY protocol header, the socket.
 //! - [`routes`]: what each HTTP endpoint answers, and the checks before a session opens.
@@ -25,13 +29,17 @@
 //!   metrics, time.
 //! - [`memory`]: freed heap memory returned to the system on a timer.
 //!
-//! Layers (imports point one way): config, clock, metrics -> store -> feed -> session ->
-//! shard -> routes, net -> server.
+//! Layers (imports point one way, no cycle): config, clock, metrics, access -> store ->
+//! inbox -> feed; store -> delivery -> fanout -> session -> shard -> routes, net, state;
+//! everything -> server.
 
 pub mod access;
 pub mod clock;
 pub mod config;
+pub mod delivery;
+pub mod fanout;
 pub mod feed;
+pub mod inbox;
 pub mod memory;
 pub mod metrics;
 pub mod net;

@@ -12,11 +12,11 @@ use proto::request::{Resume, Symbols};
 
 use crate::access::{page_headers, AuthFailure, Grant, SessionSlot};
 use crate::clock::{mono_ns, wall_ns};
+use crate::inbox::Listener;
 use crate::metrics::GaugeValues;
 use crate::net::http::{Method, RequestHead, Response};
 use crate::net::query::{self, Query, MAX_QUERY_PAIRS};
 use crate::net::ws;
-use crate::shard::inbox::Listener;
 use crate::state::{Gateway, SessionPermit};
 
 /// The dashboard page: one self-contained file, embedded in the binary.

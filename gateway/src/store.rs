@@ -21,7 +21,16 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use proto::{Quote, QuoteFrames};
 
-use crate::feed::Published;
+/// What an update became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and queued for fan-out.
+    Stored,
+    /// Dropped: its `seq` is not above the stored one (counted).
+    Stale,
+    /// Dropped: no such symbol id.
+    UnknownSymbol,
+}
 
 /// Dense symbol id.
 pub type SymbolId = u32;

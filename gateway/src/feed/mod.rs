@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{mono_ns, wall_ns};
 use crate::config::Config;
+use crate::inbox::Inbox;
 use crate::metrics::Metrics;
-use crate::shard::inbox::Inbox;
+pub use crate::store::Published;
 use crate::store::{SnapshotStore, SymbolId};
 
 /// Why a feed stopped for good. The gateway then logs it and exits non-zero, so that a
@@ -61,17 +62,6 @@ pub fn from_config(config: &Config) -> Result<Box<dyn Feed>, FeedError> {
             "--feed {other}: expected `sim` or a NATS URL (nats://HOST:PORT)"
         ))),
     }
-}
-
-/// What an update became.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Published {
-    /// Stored and queued for fan-out.
-    Stored,
-    /// Dropped: its `seq` is not above the stored one (counted).
-    Stale,
-    /// Dropped: no such symbol id.
-    UnknownSymbol,
 }
 
 /// Hands updates to the store and the shards. Owned by the feed's thread.

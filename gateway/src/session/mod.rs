@@ -11,8 +11,6 @@
 
 pub mod budget;
 pub mod inbound;
-pub mod policy;
-pub mod requests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,9 +20,9 @@ use bytes::Bytes;
 use proto::close::CloseCause;
 
 use crate::access::Grant;
+use crate::fanout::{List, SubKey};
 use crate::metrics::{EndReason, MsgType};
 use crate::net::ws::FrameHeader;
-use crate::shard::registry::{List, SubKey};
 use crate::store::SymbolId;
 use budget::{Strikes, TokenBucket};
 

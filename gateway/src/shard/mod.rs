@@ -12,8 +12,7 @@
 //! bytes or failure (a panic included) reach another: each connection's work runs under
 //! `catch_unwind`, and a panic ends only that session (1011).
 
-pub mod inbox;
-pub mod registry;
+pub mod requests;
 pub mod timers;
 mod write;
 
@@ -30,6 +29,8 @@ use proto::server::{self, Limits};
 use slab::Slab;
 
 use crate::clock::{mono_ns, wall_ns};
+use crate::fanout::{Registry, SubKey, Waiting};
+use crate::inbox::{Command, Inbox, Listener};
 use crate::metrics::{EndReason, MsgType, Tally};
 use crate::net::http::{self, Parse, Response};
 use crate::net::transport::Transport;
@@ -37,11 +38,9 @@ use crate::net::ws;
 use crate::routes::{self, Route};
 use crate::session::budget::{Strikes, TokenBucket};
 use crate::session::inbound::{self, Assembly, Event};
-use crate::session::{requests, Budgets, Ending, Framing, Out, Session};
+use crate::session::{Budgets, Ending, Framing, Out, Session};
 use crate::state::Gateway;
 use crate::store::{Snapshot, SymbolId};
-use inbox::{Command, Inbox, Listener};
-use registry::{Registry, SubKey, Waiting};
 use timers::Timers;
 
 /// The token of the shard's waker.
@@ -128,7 +127,7 @@ impl Core {
         &mut self,
         key: u32,
         symbol: SymbolId,
-        state: crate::session::policy::Subscription,
+        state: crate::delivery::Subscription,
     ) -> SubKey {
         let (sub, first) = self.registry.insert(key, symbol, state);
         if first {

@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::registry::{SubKey, Waiting};
 use super::Core;
+use crate::delivery::{self as policy, Delivery};
+use crate::fanout::{SubKey, Waiting};
 use crate::metrics::{EndReason, MsgType};
 use crate::net::transport::Transport;
 use crate::net::ws::{self, FrameHeader};
-use crate::session::policy::{self, Delivery};
 use crate::session::{Ending, Framing, Head, Out, PartialFrame, Session};
 use crate::store::{Snapshot, SymbolId};
 

@@ -12,10 +12,10 @@ use proto::close;
 use proto::request::{DecodeErrorKind, DecodeLimits, Op, Request, RequestId, Resume, Symbols};
 use proto::server::{self, ErrorCode};
 
-use super::{AllSymbols, Ending, Out, Session};
+use super::Core;
+use crate::delivery as policy;
 use crate::metrics::{EndReason, MsgType, OpLabel};
-use crate::session::policy;
-use crate::shard::Core;
+use crate::session::{AllSymbols, Ending, Out, Session};
 use crate::store::{SymbolId, SymbolTable};
 
 /// Answers one complete text message of session `key`.

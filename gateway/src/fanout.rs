@@ -11,7 +11,7 @@
 
 use slab::Slab;
 
-use crate::session::policy;
+use crate::delivery as policy;
 use crate::store::SymbolId;
 
 /// Key of a subscription record.
