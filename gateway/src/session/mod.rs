@@ -1,7 +1,7 @@
 //! One session's state: what it subscribes to, what it owes the client, and its budgets. A
 //! session is plain data owned by its shard; the shard's event loop reads its socket, feeds the
-//! bytes to [`inbound`], answers requests with [`requests`], and writes what is due (the shard's
-//! write pass, which asks [`policy`] per subscription). One session logic, two framings:
+//! bytes to [`inbound`], answers requests with [`crate::shard::requests`], and writes what is due (the shard's
+//! write pass, which asks [`crate::delivery`] per subscription). One session logic, two framings:
 //! WebSocket (`/ws`) and Server-Sent Events (`/sse`) differ only in how a message is framed
 //! and in what a client can send.
 //!

@@ -5,7 +5,7 @@
 //! the symbols the feed updated and mark their subscribers here (fan-out), run the timers
 //! that are due, then write each session that has something due, once, with every frame it is
 //! owed in one vectored write ("corking"). No task, channel or buffer per session: a session
-//! is a record in this shard's table, its subscriptions records in [`registry`], and what the
+//! is a record in this shard's table, its subscriptions records in [`crate::fanout`], and what the
 //! kernel refuses stays as an offset on the session (see [`write`]).
 //!
 //! What it must never do: block, hold a lock across a system call, or let one connection's
