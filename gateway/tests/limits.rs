@@ -820,7 +820,7 @@ fn arbitrary_frames_get_bad_request_or_their_valid_answer_and_the_session_stays_
         panic!("{e}");
     }
     // Nothing was closed along the way, and nothing was held against the session.
-    let closed: f64 = ["policy", "message_too_big", "internal"]
+    let closed: f64 = ["policy", "message_too_big", "internal_error"]
         .iter()
         .map(|r| {
             rt.block_on(gw.metric(&format!(r#"gateway_sessions_closed_total{{reason="{r}"}}"#)))
