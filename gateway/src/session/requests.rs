@@ -127,10 +127,6 @@ pub fn subscribe(
         Symbols::All => Vec::new(),
         Symbols::List(names) => names.clone(),
     };
-    if let Some(poison) = &core.gw.config.panic_on_symbol {
-        // A fault injected by tests (never settable from the command line).
-        assert!(!names.iter().any(|n| n == poison), "injected fault: subscribe to {poison}");
-    }
     let resolved = match &symbols {
         Symbols::All => Resolved {
             known: table.entries.iter().filter(|e| entitled(s, &e.name)).map(|e| e.id).collect(),
@@ -210,6 +206,11 @@ pub fn subscribe(
             Some(&seq) => resume_one(core, key, s, sym, seq, throttle_ms, now_ns, &mut fresh),
             None => add_or_update(core, key, s, sym, snapshot, throttle_ms, now_ns, &mut fresh),
         }
+    }
+    if let Some(poison) = &core.gw.config.panic_on_symbol {
+        // A fault injected by tests (never settable from the command line), where a panic
+        // hurts most: the new subscriptions are in the registry, not yet on the session's list.
+        assert!(!names.iter().any(|n| n == poison), "injected fault: subscribe to {poison}");
     }
     merge_new(s, fresh);
 }
