@@ -33,6 +33,10 @@ use budget::{Strikes, TokenBucket};
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 pub const CLOSE_GRACE_NS: u64 = CLOSE_GRACE.as_nanos() as u64;
 
+/// A message built with more spare capacity than this is shrunk to its length before it is
+/// queued: small ones (the common case) are left alone, large ones never hold twice their size.
+const SHRINK_SLACK_BYTES: usize = 1024;
+
 /// How messages are framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -254,7 +258,12 @@ impl Session {
     }
 
     /// Owes the client a JSON message.
-    pub fn push_text(&mut self, kind: MsgType, json: Vec<u8>) {
+    pub fn push_text(&mut self, kind: MsgType, mut json: Vec<u8>) {
+        if json.capacity() - json.len() > SHRINK_SLACK_BYTES {
+            // A large answer was built by doubling: hold what it is, not up to twice that (the
+            // outbox's bound counts lengths).
+            json.shrink_to_fit();
+        }
         self.push(Out::Text(kind, Bytes::from(json)));
     }
 

@@ -213,6 +213,9 @@ impl Core {
                 true
             }
         });
+        if subs.capacity() > 64 && subs.len() * 4 < subs.capacity() {
+            subs.shrink_to(subs.len() * 2);
+        }
         s.subs = subs;
     }
 }
@@ -783,7 +786,16 @@ impl Shard {
                     self.remove_conn(key, None);
                     return;
                 }
-                Ok(n) => http.buf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    // Grown as a Vec grows, but never past the cap: a head of
+                    // `max_request_head_bytes` holds that much, not twice as much.
+                    let len = http.buf.len();
+                    if http.buf.capacity() < len + n {
+                        let want = (len + n).max(2 * http.buf.capacity()).min(max_head + 1);
+                        http.buf.reserve_exact(want.saturating_sub(len));
+                    }
+                    http.buf.extend_from_slice(&self.scratch[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.remove_conn(key, None);
@@ -1150,6 +1162,10 @@ impl Shard {
             return;
         }
         let mut conn = self.conns.remove(key as usize);
+        if self.conns.is_empty() && self.conns.capacity() > 1_024 {
+            // The last connection of a crowd went: its table's high-water mark goes too.
+            self.conns = Slab::new();
+        }
         let _ = self.poll.registry().deregister(conn.io.source());
         let gw = Arc::clone(self.gw());
         match &mut conn.state {

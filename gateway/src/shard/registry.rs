@@ -20,6 +20,9 @@ pub type SubKey = u32;
 /// No record (end of a list).
 pub const NONE: u32 = u32::MAX;
 
+/// Tables and lists larger than this many entries give memory back as they empty.
+const SHRINK_ABOVE: usize = 1_024;
+
 /// Where a subscription is waiting, if anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
@@ -111,13 +114,24 @@ impl Registry {
         if let Some(&moved) = list.get(sub.pos as usize) {
             self.subs[moved as usize].pos = sub.pos;
         }
-        if list.is_empty() {
+        let last = if list.is_empty() {
             // Give the memory of a symbol nobody here watches any more back.
             *list = Vec::new();
             true
         } else {
+            if list.capacity() > SHRINK_ABOVE && list.len() * 4 < list.capacity() {
+                // A storm's subscribers left: halve what is held (amortised O(1), as growth).
+                list.shrink_to(list.len() * 2);
+            }
             false
+        };
+        if self.subs.is_empty() && self.subs.capacity() > SHRINK_ABOVE {
+            // The last subscription on this shard went: the table's high-water mark goes too.
+            // (While some remain, it keeps its size: records cannot move, their keys are
+            // linked from the lists.)
+            self.subs = Slab::new();
         }
+        last
     }
 
     /// Removes every subscription of `session`, whatever lists they are on, and calls
