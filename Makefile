@@ -7,7 +7,7 @@ export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-peers soak
+.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-peers soak session-cost
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -75,3 +75,13 @@ soak:
 ## bench-peers: the gateway beside a Bun pub/sub server and a bare tokio fan-out, one sitting
 bench-peers:
 	load-tests/bench_peers.sh
+
+## session-cost: memory per idle and per hostile session, CPU of ["*"] subscription storms
+## (issue 9; docs/backpressure.md, docs/benchmarks.md). SESSIONS=2500,5000,10000 to choose
+## the sizes of the storm
+SESSIONS ?= 2500,5000,10000
+session-cost:
+	$(CARGO) build --release -p gateway -p load-tests --bin gateway --bin session_cost
+	$(TARGET_DIR)/release/session_cost --gateway $(TARGET_DIR)/release/gateway --sessions 2000 idle
+	$(TARGET_DIR)/release/session_cost --gateway $(TARGET_DIR)/release/gateway --sessions 200 hostile
+	$(TARGET_DIR)/release/session_cost --gateway $(TARGET_DIR)/release/gateway --sessions $(SESSIONS) storm

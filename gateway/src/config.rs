@@ -289,10 +289,18 @@ pub struct Config {
     pub auth_log_per_sec: u32,
 
     /// A fault injected by tests: a session that subscribes to this name panics while its
-    /// request is handled. Not settable from the command line or the environment.
+    /// request is handled, after its other names were registered and before its list of
+    /// subscriptions has them. Not settable from the command line or the environment.
     #[arg(skip)]
     #[doc(hidden)]
     pub panic_on_symbol: Option<String>,
+
+    /// A fault injected by tests: a shard whose fan-out gets an update of this symbol panics
+    /// outside any session's guard, as a bug in the shard's own loop would. Not settable from
+    /// the command line or the environment.
+    #[arg(skip)]
+    #[doc(hidden)]
+    pub panic_shard_on_symbol: Option<String>,
 }
 
 /// Why the configuration could not be read. Either way the gateway exits with 64.

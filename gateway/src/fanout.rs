@@ -20,6 +20,9 @@ pub type SubKey = u32;
 /// No record (end of a list).
 pub const NONE: u32 = u32::MAX;
 
+/// Tables and lists larger than this many entries give memory back as they empty.
+const SHRINK_ABOVE: usize = 1_024;
+
 /// Where a subscription is waiting, if anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
@@ -111,12 +114,48 @@ impl Registry {
         if let Some(&moved) = list.get(sub.pos as usize) {
             self.subs[moved as usize].pos = sub.pos;
         }
-        if list.is_empty() {
+        let last = if list.is_empty() {
             // Give the memory of a symbol nobody here watches any more back.
             *list = Vec::new();
             true
         } else {
+            if list.capacity() > SHRINK_ABOVE && list.len() * 4 < list.capacity() {
+                // A storm's subscribers left: halve what is held (amortised O(1), as growth).
+                list.shrink_to(list.len() * 2);
+            }
             false
+        };
+        if self.subs.is_empty() && self.subs.capacity() > SHRINK_ABOVE {
+            // The last subscription on this shard went: the table's high-water mark goes too.
+            // (While some remain, it keeps its size: records cannot move, their keys are
+            // linked from the lists.)
+            self.subs = Slab::new();
+        }
+        last
+    }
+
+    /// Removes every subscription of `session`, whatever lists they are on, and calls
+    /// `removed(symbol, last)` for each (`last`: its symbol has no subscriber left here).
+    ///
+    /// For a session that panicked: its own list of subscriptions may lack records inserted
+    /// just before the panic, so the records are found here, by a scan of the shard's
+    /// subscriptions (O(subscriptions on the shard): a bug's path, never a client's). The ready
+    /// and deferred lists they were on belong to that session alone and go with it.
+    pub fn remove_session(&mut self, session: u32, mut removed: impl FnMut(SymbolId, bool)) {
+        let keys: Vec<SubKey> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| sub.session == session)
+            .map(|(key, _)| key as SubKey)
+            .collect();
+        for key in keys {
+            let sub = &mut self.subs[key as usize];
+            sub.waiting = Waiting::No;
+            sub.prev = NONE;
+            sub.next = NONE;
+            let symbol = sub.symbol;
+            let last = self.remove(key);
+            removed(symbol, last);
         }
     }
 
@@ -227,6 +266,27 @@ mod tests {
         }
         assert!(r.subscribers(7).is_empty());
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_session_is_removed_whole_whatever_lists_its_subscriptions_are_on() {
+        let mut r = Registry::default();
+        let mut ready = List::default();
+        let mut deferred = List::default();
+        let mine: Vec<SubKey> = (0..4).map(|s| r.insert(7, s, Default::default()).0).collect();
+        let other = r.insert(8, 1, Default::default()).0;
+        r.push_back(&mut ready, mine[0], Waiting::Ready);
+        r.push_back(&mut ready, mine[1], Waiting::Ready);
+        r.push_back(&mut deferred, mine[2], Waiting::Deferred);
+        let mut seen = Vec::new();
+        r.remove_session(7, |symbol, last| seen.push((symbol, last)));
+        seen.sort_unstable();
+        // Symbol 1 keeps session 8's subscription; the others have nobody left.
+        assert_eq!(seen, [(0, true), (1, false), (2, true), (3, true)]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.subscribers(1), [other]);
+        assert_eq!(r.get(other).session, 8);
+        assert!(r.subscribers(0).is_empty() && r.subscribers(3).is_empty());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `gateway`: parse the configuration, set up logging, bind, and run until SIGINT or SIGTERM.
+//! `gateway`: parse the configuration, set up logging, bind, and run until SIGINT or SIGTERM (a
+//! second one during the drain exits at once).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -73,7 +74,15 @@ fn main() -> ExitCode {
     })
 }
 
-/// Completes on the first SIGINT or SIGTERM.
+/// Exit status after a second stop signal: 128 + the signal's number, as a shell reports a
+/// process the signal killed.
+const EXIT_SIGINT: i32 = 128 + libc::SIGINT;
+const EXIT_SIGTERM: i32 = 128 + libc::SIGTERM;
+
+/// Completes on the first SIGINT or SIGTERM, which starts the graceful stop. From then on a
+/// second one exits the process at once (130 or 143), without waiting for the sessions still
+/// closing: an operator who presses Ctrl-C twice, or an orchestrator that signals again, means
+/// it.
 async fn shutdown_signal() {
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
@@ -81,7 +90,23 @@ async fn shutdown_signal() {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    tracing::info!(signal = which, "stop requested");
+    tracing::info!(
+        signal = which,
+        "stop requested: closing every session (send SIGINT or SIGTERM again to exit at once)"
+    );
+    // Runs on the same runtime while `run` drains the sessions.
+    tokio::spawn(async move {
+        let (which, status) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", EXIT_SIGTERM),
+            _ = int.recv() => ("SIGINT", EXIT_SIGINT),
+        };
+        tracing::warn!(
+            signal = which,
+            status,
+            "second stop signal during the drain: exiting now; sessions still open lose their connection without a close frame"
+        );
+        std::process::exit(status);
+    });
 }
 
 /// Each session is a file descriptor: take the hard limit, not the (often 1024) soft one.

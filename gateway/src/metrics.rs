@@ -136,7 +136,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Policy => "policy",
             EndReason::MessageTooBig => "message_too_big",
-            EndReason::Internal => "internal",
+            EndReason::Internal => "internal_error",
             EndReason::HeartbeatTimeout => "heartbeat_timeout",
             EndReason::SlowConsumer => "slow_consumer",
             EndReason::Client => "client",

@@ -467,3 +467,156 @@ async fn a_thousand_half_open_upgrades_with_long_heads_hold_a_bounded_amount_eac
     drop(stalled);
     bystander.finish().await;
 }
+
+/// The most a session may be made to hold (docs/backpressure.md, "Memory bounds": about
+/// 590 KiB at the defaults), plus the test's own share per attacker (its task and socket).
+const SESSION_HOLD_BYTES: u64 = 640 * 1024;
+
+/// A client frame: text, masked with an all-zero key (the payload stays as it is).
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    let len = text.len();
+    let mut frame = vec![0x81];
+    match len {
+        0..=125 => frame.push(0x80 | len as u8),
+        126..=65_535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// A raw WebSocket session from `from`, with the smallest receive buffer Linux allows, past
+/// the `101` (what follows it stays unread).
+async fn raw_small_window_session(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.bind(SocketAddr::new(from.into(), 0)).expect("bind");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("upgrade request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("101");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// The next text frame's JSON off a raw session (Pings and other frames skipped).
+async fn raw_next_json(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Value {
+    loop {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.expect("a frame");
+        let len = match head[1] & 0x7f {
+            126 => u64::from(stream.read_u16().await.expect("length")),
+            127 => stream.read_u64().await.expect("length"),
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).await.expect("payload");
+        if head[0] & 0x0f == 0x1 {
+            return serde_json::from_slice(&payload).expect("JSON");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_the_answers_to_their_largest_requests_hold_a_bounded_amount_each()
+{
+    // Each attacker sends twelve subscribes of ~61 KB (1,000 unknown names of 58 characters, each
+    // answered by an error listing them all) and reads nothing. The gateway stops reading a
+    // session once its unread answers pass 2 × max_message_bytes + 4 KiB, so TCP pushes back
+    // on the client instead of the gateway holding twelve answers per session.
+    let _guard = SERIAL.lock().await;
+    let gw = TestGateway::start_with(|c| {
+        // Long enough that the stuck sessions are measured, not closed with 4008 or 4000.
+        c.slow_client_timeout_ms = 60_000;
+        c.idle_timeout_ms = 60_000;
+    })
+    .await;
+    let bystander = Bystander::join(&gw).await;
+    const ATTACKERS: usize = 100;
+    // Twelve answers of ~61 KB (732 KB) are more than a session may hold: a gateway that did
+    // not pause would fail the bound below. Twelve strikes stay inside the error budget (20).
+    const FRAMES: u64 = 12;
+    // The same frames for every attacker, shared: the test itself holds no copy per session.
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..FRAMES)
+            .map(|f| {
+                let names: Vec<String> =
+                    (0..1_000).map(|k| format!("{:X>58}", format!("{f}-{k}"))).collect();
+                let text = json!({"op": "subscribe", "id": 2 + f, "symbols": names}).to_string();
+                assert!(text.len() < 65_536, "{} bytes", text.len());
+                masked_text_frame(&text)
+            })
+            .collect(),
+    );
+    let before = resident_bytes();
+    let mut readers = Vec::with_capacity(ATTACKERS);
+    let mut writers = Vec::with_capacity(ATTACKERS);
+    for i in 0..ATTACKERS {
+        let from = Ipv4Addr::new(127, 0, 3, 1 + i as u8);
+        let (read, mut write) = raw_small_window_session(gw.addr, from).await.into_split();
+        let frames = frames.clone();
+        // Blocks for good once the gateway stops reading; finishes once the answers are read.
+        writers.push(tokio::spawn(async move {
+            for frame in frames.iter() {
+                if write.write_all(frame).await.is_err() {
+                    return;
+                }
+            }
+            // Held open until the test ends.
+            std::future::pending::<()>().await;
+            drop(write);
+        }));
+        readers.push(read);
+    }
+    bystander.receives_quotes("while 100 sessions hold unread answers").await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let grown = resident_bytes().saturating_sub(before);
+    eprintln!("{ATTACKERS} sessions with unread answers: +{} KiB", grown / 1024);
+    assert!(
+        grown <= ATTACKERS as u64 * SESSION_HOLD_BYTES,
+        "{ATTACKERS} sessions with unread answers grew memory by {} KiB ({} KiB each)",
+        grown / 1024,
+        grown / 1024 / ATTACKERS as u64
+    );
+    assert_eq!(gw.metric("gateway_sessions_active").await, ATTACKERS as f64 + 1.0);
+    // Pausing lost nothing: one attacker that starts reading gets every answer, in order,
+    // each listing its 1,000 names with a short message.
+    let mut reader = readers.pop().expect("an attacker");
+    let welcome = tokio::time::timeout(STEP, raw_next_json(&mut reader)).await.expect("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    for id in 2..2 + FRAMES {
+        let error = loop {
+            let m = tokio::time::timeout(STEP, raw_next_json(&mut reader)).await.expect("answer");
+            if m["type"] != "heartbeat" {
+                break m;
+            }
+        };
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["id"], id, "answers in order, none lost");
+        assert_eq!(error["code"], "unknown_symbol");
+        assert_eq!(error["symbols"].as_array().map(Vec::len), Some(1_000));
+        let message = error["message"].as_str().expect("message");
+        assert!(message.ends_with(" and 990 more"), "{message}");
+        assert!(message.len() < 1_024, "{} bytes", message.len());
+    }
+    drop(readers);
+    for writer in writers {
+        writer.abort();
+    }
+    bystander.finish().await;
+}

@@ -360,6 +360,167 @@ async fn the_per_address_cap_refuses_a_third_session_from_one_address_only() {
 }
 
 #[tokio::test]
+async fn the_per_address_cap_counts_ipv6_clients_too() {
+    // On ::1, the only IPv6 address a loopback test can connect from: every client here is in
+    // one /64 anyway. That distinct addresses of one /64 share a count, and that other /64s
+    // do not, is shown by the unit test of `state::per_ip_key` (no second IPv6 source address
+    // exists on loopback without changing the machine's network configuration).
+    let mut config = test_config();
+    config.max_connections_per_ip = 2;
+    let feed = gateway::feed::from_config(&config).expect("the simulated feed");
+    let gw = TestGateway::start_at("[::1]:0", config, feed).await;
+    assert!(gw.addr.is_ipv6(), "{}", gw.addr);
+    let (mut a, _) = gw.client().await;
+    let (_b, _) = gw.client().await;
+    let refused = http_get(gw.addr, "/ws", &UPGRADE_HEADERS).await;
+    assert_refused_with_503(&refused);
+    assert!(refused.body.contains("per client address"), "{refused:?}");
+    assert_eq!(ping(&mut a, 1).await["id"], 1);
+    a.close(None).await.unwrap();
+    wait_metric(&gw, "gateway_sessions_active", 1.0, STEP).await;
+    let (mut c, _) = gw.client().await;
+    assert_eq!(ping(&mut c, 2).await["id"], 2);
+}
+
+/// The headers of a WebSocket upgrade request, for [`http_get`].
+const UPGRADE_HEADERS: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+/// The start of an upgrade request that never ends.
+const HALF_HEAD: &[u8] = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n";
+
+/// Everything the gateway sends on a connection that sends nothing, until it closes it.
+async fn answer_unasked(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut got))
+        .await
+        .expect("an answer and a close in time")
+        .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn past_max_pending_connections_a_connection_is_refused_at_once_with_503() {
+    // One shard, so that connections are taken in the order they were made.
+    let gw = TestGateway::start_with(|c| {
+        c.shards = 1;
+        c.max_pending_connections = 3;
+        c.handshake_timeout_ms = 20_000;
+    })
+    .await;
+    // Sessions are not pending: three of them take no pending place.
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(gw.client().await.0);
+    }
+    // Three connections that never finish their request fill the pending places.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        stream.write_all(HALF_HEAD).await.expect("send");
+        stalled.push(stream);
+    }
+    // The next one is answered at once, before it sends a byte, and closed: it holds nothing.
+    let refused = answer_unasked(gw.addr).await;
+    let response = parse_response(refused.as_bytes());
+    assert_eq!(response.status, 503, "{refused}");
+    assert_eq!(response.header("Retry-After"), Some("1"), "{refused}");
+    assert!(response.body.contains("still in their handshake"), "{refused}");
+    // The stalled ones are still waiting (not dropped to make room), and the sessions are served.
+    for stream in &mut stalled {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut byte)).await;
+        assert!(read.is_err(), "a stalled connection was answered or closed: {read:?}");
+    }
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        assert_eq!(ping(ws, i as u64).await["id"], i as u64);
+    }
+    // One stalled connection goes: its place is free again.
+    drop(stalled.pop());
+    let deadline = tokio::time::Instant::now() + STEP;
+    while gw.get("/healthz").await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the freed pending place is not reused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.metric(r#"gateway_handshake_rejections_total{status="503"}"#).await, 1.0);
+}
+
+/// Sends `request` and reads the whole answer (the gateway closes after it).
+async fn raw_request(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut got))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    parse_response(&got)
+}
+
+/// A `GET /healthz` head of exactly `len` bytes, padded with a header, or in its URL.
+fn head_of(len: usize, in_url: bool) -> Vec<u8> {
+    let bare = "GET /healthz?p= HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: \r\n\r\n";
+    let pad = "p".repeat(len - bare.len());
+    let (url_pad, header_pad) = if in_url { (pad.as_str(), "") } else { ("", pad.as_str()) };
+    let head = format!(
+        "GET /healthz?p={url_pad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {header_pad}\r\n\r\n"
+    );
+    assert_eq!(head.len(), len);
+    head.into_bytes()
+}
+
+#[tokio::test]
+async fn a_request_head_over_max_request_head_bytes_gets_414_or_431_and_one_at_it_is_served() {
+    let max = 1_024;
+    let gw = TestGateway::start_with(|c| c.max_request_head_bytes = max as u32).await;
+    for in_url in [false, true] {
+        let at = raw_request(gw.addr, &head_of(max, in_url)).await;
+        assert_eq!(at.status, 200, "{max} bytes (padded in the URL: {in_url}): {at:?}");
+    }
+    let over = raw_request(gw.addr, &head_of(max + 1, false)).await;
+    assert_eq!(over.status, 431, "{over:?}");
+    assert!(over.body.contains("request head too large"), "{over:?}");
+    // A request line that has not ended by the cap is a long URL.
+    let mut long_url = b"GET /snapshot?symbols=".to_vec();
+    long_url.resize(max + 1, b'A');
+    let over = raw_request(gw.addr, &long_url).await;
+    assert_eq!(over.status, 414, "{over:?}");
+    assert!(over.body.contains("request URL too long"), "{over:?}");
+    // The default fits a /snapshot URL naming max_subscriptions symbols.
+    let defaults = TestGateway::start().await;
+    let names: Vec<String> = (0..1_000).map(|i| format!("S{i:04}")).collect();
+    let answer = defaults.get(&format!("/snapshot?symbols={}", names.join(","))).await;
+    assert_eq!(answer.status, 404, "a head of 1,000 names is read whole: {answer:?}");
+}
+
+#[tokio::test]
+async fn snapshot_names_are_deduplicated_then_capped_at_max_subscriptions() {
+    let gw = TestGateway::start_with(|c| c.max_subscriptions = 3).await;
+    // Each name once, in the order first named.
+    let r = gw.get("/snapshot?symbols=MSFT,AAPL,MSFT,%20AAPL,,NVDA,AAPL").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let symbols: Vec<Value> =
+        r.json().as_array().unwrap().iter().map(|q| q["symbol"].clone()).collect();
+    assert_eq!(symbols, [json!("MSFT"), json!("AAPL"), json!("NVDA")]);
+    // 2,000 repeats of one name are one name.
+    let r = gw.get(&format!("/snapshot?symbols={}", vec!["AAPL"; 2_000].join(","))).await;
+    assert_eq!((r.status, r.json().as_array().map(Vec::len)), (200, Some(1)), "{r:?}");
+    // One distinct name more than max_subscriptions: 400, before any name is looked up (these
+    // do not exist, and the answer is not 404).
+    let r = gw.get("/snapshot?symbols=AAPL,NO-1,NO-2,NO-3").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("more than 3 distinct symbols"), "{r:?}");
+    // At the cap, unknown names are looked up, and are 404.
+    let r = gw.get("/snapshot?symbols=AAPL,NO-1,NO-2").await;
+    assert_eq!(r.status, 404, "{r:?}");
+}
+
+#[tokio::test]
 async fn an_unfinished_handshake_takes_no_session_place() {
     let gw = TestGateway::start_with(|c| {
         c.max_connections = 1;
@@ -820,7 +981,7 @@ fn arbitrary_frames_get_bad_request_or_their_valid_answer_and_the_session_stays_
         panic!("{e}");
     }
     // Nothing was closed along the way, and nothing was held against the session.
-    let closed: f64 = ["policy", "message_too_big", "internal"]
+    let closed: f64 = ["policy", "message_too_big", "internal_error"]
         .iter()
         .map(|r| {
             rt.block_on(gw.metric(&format!(r#"gateway_sessions_closed_total{{reason="{r}"}}"#)))

@@ -723,8 +723,8 @@ def main() -> int:
         names = sorted(r.get("name") for r in rules)
         want = sorted(["GatewayDown", "GatewayFeedStale", "GatewayP99LatencyHigh", "GatewaySlowConsumerSpike",
                        "GatewayConnectionLimitNear", "GatewayFeedDisconnected", "GatewayFeedLagHigh",
-                       "GatewayFeedRejectingUpdates"])
-        check(names == want, "Prometheus loads the eight alert rules", f"got {names}")
+                       "GatewayFeedRejectingUpdates", "GatewayInternalErrors"])
+        check(names == want, "Prometheus loads the nine alert rules", f"got {names}")
         for r in rules:
             ok = r.get("health") == "ok" and not r.get("lastError")
             # every metric the rule reads exists in the live data
@@ -733,7 +733,8 @@ def main() -> int:
             check(ok and not absent, f"alert {r.get('name')}: evaluates, and its metrics exist",
                   f"health={r.get('health')} lastError={r.get('lastError')!r} absent={absent}")
             if r.get("name") in ("GatewayDown", "GatewayFeedStale", "GatewayConnectionLimitNear",
-                                 "GatewayFeedDisconnected", "GatewayFeedLagHigh", "GatewayFeedRejectingUpdates"):
+                                 "GatewayFeedDisconnected", "GatewayFeedLagHigh", "GatewayFeedRejectingUpdates",
+                                 "GatewayInternalErrors"):
                 check(r.get("state", "inactive") == "inactive", f"alert {r.get('name')} is quiet on a healthy gateway",
                       f"state={r.get('state')}")
 

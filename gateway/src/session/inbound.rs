@@ -67,12 +67,12 @@ pub fn parse(
                 if assembly.bytes.len() + payload.len() > max_message {
                     return Err(Ending::Close(close::MESSAGE_TOO_BIG, EndReason::MessageTooBig));
                 }
-                assembly.bytes.extend_from_slice(payload);
+                append_bounded(&mut assembly.bytes, payload, max_message);
                 if frame.fin {
                     let message = std::mem::take(&mut assembly.bytes);
                     assembly.opcode = None;
                     let go_on = deliver(opcode, &message, &mut on_event)?;
-                    // The buffer goes back only if small: an idle session holds nothing.
+                    // The assembly buffer goes with the message: an idle session holds nothing.
                     go_on
                 } else {
                     true
@@ -86,7 +86,7 @@ pub fn parse(
                     deliver(opcode, payload, &mut on_event)?
                 } else {
                     assembly.opcode = Some(opcode);
-                    assembly.bytes.extend_from_slice(payload);
+                    append_bounded(&mut assembly.bytes, payload, max_message);
                     true
                 }
             }
@@ -96,6 +96,17 @@ pub fn parse(
         }
     }
     Ok(at)
+}
+
+/// Appends a fragment (the total is at most `max`, checked by the caller), growing the buffer
+/// as a Vec grows but never past `max`: a message of `max_message_bytes` holds that much.
+fn append_bounded(bytes: &mut Vec<u8>, payload: &[u8], max: usize) {
+    let len = bytes.len();
+    if bytes.capacity() < len + payload.len() {
+        let want = (len + payload.len()).max(2 * bytes.capacity()).min(max);
+        bytes.reserve_exact(want.saturating_sub(len));
+    }
+    bytes.extend_from_slice(payload);
 }
 
 fn deliver(

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use proto::close::CloseCause;
+use proto::close::{self, CloseCause};
 
 use crate::access::Grant;
 use crate::fanout::{List, SubKey};
@@ -30,6 +30,10 @@ use budget::{Strikes, TokenBucket};
 /// take before the socket is dropped.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 pub const CLOSE_GRACE_NS: u64 = CLOSE_GRACE.as_nanos() as u64;
+
+/// A message built with more spare capacity than this is shrunk to its length before it is
+/// queued: small ones (the common case) are left alone, large ones never hold twice their size.
+const SHRINK_SLACK_BYTES: usize = 1024;
 
 /// How messages are framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +197,8 @@ pub struct Session {
     /// The socket would block: wait for it to become writable.
     pub blocked: bool,
     pub closing: Option<Closing>,
+    /// A panic ended it (it is closing with 1011): a second one drops it at once.
+    pub failed: bool,
 }
 
 impl Session {
@@ -234,6 +240,7 @@ impl Session {
             blocked_since_ns: 0,
             blocked: false,
             closing: None,
+            failed: false,
         }
     }
 
@@ -249,7 +256,12 @@ impl Session {
     }
 
     /// Owes the client a JSON message.
-    pub fn push_text(&mut self, kind: MsgType, json: Vec<u8>) {
+    pub fn push_text(&mut self, kind: MsgType, mut json: Vec<u8>) {
+        if json.capacity() - json.len() > SHRINK_SLACK_BYTES {
+            // A large answer was built by doubling: hold what it is, not up to twice that (the
+            // outbox's bound counts lengths).
+            json.shrink_to_fit();
+        }
         self.push(Out::Text(kind, Bytes::from(json)));
     }
 
@@ -303,11 +315,44 @@ impl Session {
         }
     }
 
-    /// Whether the session is finished and its socket can go.
+    /// After a panic while serving it (its subscriptions are already gone): forget what it
+    /// was owed and what it had half read, keep the rest of a frame the kernel took in part
+    /// (cutting it would break the stream) and an HTTP head not yet written, and close with
+    /// 1011. Nothing here can be trusted
+    /// but plain values, so it is all reset to them.
+    pub fn fail(&mut self, now_ns: u64) {
+        // The HTTP head that opens the session stays, if it is not out yet: the client reads
+        // the close as the end of a session, not as garbage after its request.
+        self.outbox.retain(|out| matches!(out, Out::Raw(_)));
+        self.outbox_bytes = self.outbox.iter().map(Out::len).sum();
+        self.inbuf = Vec::new();
+        self.message = Vec::new();
+        self.message_opcode = None;
+        self.read_paused = false;
+        self.ping_pending = false;
+        self.heartbeat_pending = false;
+        // Queued again by the caller, even if a write list had it.
+        self.queued = false;
+        let ending = Ending::Close(close::INTERNAL, EndReason::Internal);
+        match &mut self.closing {
+            // Its close frame is out already: only the reason changes.
+            Some(closing) if closing.frame_sent => closing.ending = ending,
+            _ => {
+                self.closing = None;
+                self.close(ending, now_ns);
+            }
+        }
+    }
+
+    /// Whether the session is finished and its socket can go. (An SSE stream, which has no
+    /// close frame, ends once what it was owed is written, within the close grace.)
     pub fn is_done(&self, now_ns: u64) -> bool {
         self.closing.is_some_and(|c| {
             now_ns >= c.deadline_ns
-                || (c.frame_sent && self.partial.is_none() && !c.wait_for_client)
+                || (c.frame_sent
+                    && self.partial.is_none()
+                    && !c.wait_for_client
+                    && (self.framing == Framing::WebSocket || self.outbox.is_empty()))
                 || (c.frame.is_none() && matches!(c.ending, Ending::Gone(_)))
         })
     }

@@ -34,7 +34,6 @@ use crate::inbox::{Command, Inbox, Listener};
 use crate::metrics::{EndReason, MsgType, Tally};
 use crate::net::http::{self, Parse, Response};
 use crate::net::transport::Transport;
-use crate::net::ws;
 use crate::routes::{self, Route};
 use crate::session::budget::{Strikes, TokenBucket};
 use crate::session::inbound::{self, Assembly, Event};
@@ -156,15 +155,43 @@ impl Core {
             Waiting::No => {}
         }
         if self.registry.remove(sub) {
-            let table = self.gw.store.table();
-            if let Some(entry) = table.entries.get(symbol as usize) {
-                entry.shards[self.shard].subscribed.store(false, Ordering::SeqCst);
-            }
-            if let Some(slot) = self.latest.get_mut(symbol as usize) {
-                *slot = None;
-            }
+            self.symbol_left(symbol);
         }
         self.gw.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `symbol` has no subscriber left on this shard: the feed need not queue it here, and its
+    /// cached snapshot goes.
+    fn symbol_left(&mut self, symbol: SymbolId) {
+        let table = self.gw.store.table();
+        if let Some(entry) = table.entries.get(symbol as usize) {
+            entry.shards[self.shard].subscribed.store(false, Ordering::SeqCst);
+        }
+        if let Some(slot) = self.latest.get_mut(symbol as usize) {
+            *slot = None;
+        }
+    }
+
+    /// Removes every subscription of session `key` from the registry, those its own list has
+    /// and any it lacks (inserted just before a panic), and empties its lists.
+    fn purge_session(&mut self, key: u32, s: &mut Session) {
+        let mut emptied = Vec::new();
+        let mut removed = 0u64;
+        self.registry.remove_session(key, |symbol, last| {
+            removed += 1;
+            if last {
+                emptied.push(symbol);
+            }
+        });
+        for symbol in emptied {
+            self.symbol_left(symbol);
+        }
+        self.gw.subscriptions_active.fetch_sub(removed, Ordering::Relaxed);
+        s.subs = Vec::new();
+        s.all = None;
+        s.ready = registry::List::default();
+        s.deferred = registry::List::default();
+        s.next_deferred_ns = u64::MAX;
     }
 
     /// Removes every subscription of the session.
@@ -185,6 +212,9 @@ impl Core {
                 true
             }
         });
+        if subs.capacity() > 64 && subs.len() * 4 < subs.capacity() {
+            subs.shrink_to(subs.len() * 2);
+        }
         s.subs = subs;
     }
 }
@@ -361,34 +391,71 @@ impl Shard {
         Some(next.map_or(cap, |at| Duration::from_nanos(at.saturating_sub(mono_ns())).min(cap)))
     }
 
-    /// Runs `work` for connection `key`; a panic ends only that connection (1011, counted).
+    /// Runs `work` for connection `key`, then settles it; a panic ends only that connection
+    /// (see [`Shard::contain`]).
     fn guarded(&mut self, key: u32, work: impl FnOnce(&mut Shard, u32)) {
         if !self.conns.contains(key as usize) {
             return;
         }
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| work(self, key))) {
-            let message = panic_message(&panic);
-            self.core.gw.metrics.session_closed(EndReason::Internal);
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                tracing::error!(peer = %conn.peer, panic = %message, "internal error serving a connection: closing it with 1011");
-                if let State::Session { session, .. } = &mut conn.state {
-                    if session.framing == Framing::WebSocket {
-                        // Best effort, straight to the socket: the session's own state may be
-                        // inconsistent.
-                        let payload =
-                            ws::close_payload(close::INTERNAL.code, close::INTERNAL.reason);
-                        let mut frame =
-                            ws::FrameHeader::new(ws::OP_CLOSE, payload.len()).as_bytes().to_vec();
-                        frame.extend_from_slice(&payload);
-                        if session.partial.is_none() {
-                            let _ = conn.io.write(&frame);
-                        }
-                    }
-                }
-            }
-            self.remove_conn(key, None);
-        } else {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            work(self, key);
             self.settle(key);
+        }));
+        if let Err(panic) = result {
+            self.contain(key, &panic_message(&panic));
+        }
+    }
+
+    /// A panic while serving connection `key`: that connection ends, nothing else does. A
+    /// session loses its subscriptions (every registry record of it, see
+    /// [`Core::purge_session`]) and what it was owed, then closes with 1011 the usual way (the
+    /// rest of a partly written frame, the close frame, the client's reply, within
+    /// `CLOSE_GRACE`), counted as `internal_error` when it goes. A second panic while it closes
+    /// drops it at once. An HTTP connection gets a 500 if no answer was started, and goes.
+    ///
+    /// A panic on this path itself means the shard's own state is broken: it ends the shard,
+    /// and with it the process (non-zero), for a supervisor to restart.
+    fn contain(&mut self, key: u32, message: &str) {
+        // The shard's read buffer is lent to the connection being read (`read_session`): a
+        // panic there lost it.
+        if self.scratch.len() != READ_CHUNK {
+            self.scratch = vec![0; READ_CHUNK];
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| self.end_failed(key, message)));
+        if let Err(again) = result {
+            let why = panic_message(&again);
+            panic!("while ending a connection after a panic ({message}): {why}");
+        }
+    }
+
+    fn end_failed(&mut self, key: u32, message: &str) {
+        let now = mono_ns();
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let peer = conn.peer;
+        match &mut conn.state {
+            State::Http(http) => {
+                tracing::error!(%peer, panic = %message, "internal error serving a connection: answering 500 and closing it; the others go on");
+                if http.out_pos == 0 {
+                    let answer = Response::text(500, "internal error: the gateway logged it\n");
+                    let _ = conn.io.write(&answer.encode(false, false));
+                }
+                self.remove_conn(key, None);
+            }
+            State::Session { session, .. } => {
+                let s = session.as_mut();
+                let again = s.failed;
+                s.failed = true;
+                self.core.purge_session(key, s);
+                if again {
+                    tracing::error!(session = %s.id_hex(), %peer, panic = %message, "internal error again while the session closed: dropping it");
+                    self.remove_conn(key, Some(EndReason::Internal));
+                    return;
+                }
+                tracing::error!(session = %s.id_hex(), %peer, panic = %message, "internal error serving a connection: closing the session with 1011; the others go on");
+                s.fail(now);
+                self.core.queue(key, s);
+                self.settle(key);
+            }
         }
     }
 
@@ -507,6 +574,12 @@ impl Shard {
         let table = self.gw().store.table_full();
         if table.len() > self.core.known_symbols {
             self.new_symbols(&table);
+        }
+        if let Some(poison) = &self.core.gw.config.panic_shard_on_symbol {
+            // A fault injected by tests: the shard's own loop fails (no session's guard).
+            let named = |symbol: SymbolId| table.entries.get(symbol as usize).map(|e| &*e.name);
+            let hit = updates.iter().any(|&symbol| named(symbol) == Some(poison.as_str()));
+            assert!(!hit, "injected fault: the fan-out of {poison}");
         }
         let metrics = Arc::clone(&self.gw().metrics);
         for &symbol in &updates {
@@ -712,7 +785,16 @@ impl Shard {
                     self.remove_conn(key, None);
                     return;
                 }
-                Ok(n) => http.buf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    // Grown as a Vec grows, but never past the cap: a head of
+                    // `max_request_head_bytes` holds that much, not twice as much.
+                    let len = http.buf.len();
+                    if http.buf.capacity() < len + n {
+                        let want = (len + n).max(2 * http.buf.capacity()).min(max_head + 1);
+                        http.buf.reserve_exact(want.saturating_sub(len));
+                    }
+                    http.buf.extend_from_slice(&self.scratch[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.remove_conn(key, None);
@@ -865,22 +947,24 @@ impl Shard {
             limits,
         );
         session.push_text(MsgType::Welcome, welcome);
+        tracing::debug!(session = %session.id_hex(), peer = %conn.peer, shard = self.core.shard, ?framing, "session opened");
+        // No longer pending, and a session, in one step: whatever fails from here on (a panic
+        // included) ends a session, counted once as one.
         gw.pending_connections.fetch_sub(1, Ordering::AcqRel);
+        conn.state = State::Session { session, _admission: admission };
         gw.metrics.sessions_opened.increment(1);
         if framing == Framing::Sse {
             gw.sse_sessions_active.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::debug!(session = %session.id_hex(), peer = %conn.peer, shard = self.core.shard, ?framing, "session opened");
-        if let Some(sub) = subscription {
+        if let (Some(sub), State::Session { session, .. }) = (subscription, &mut conn.state) {
             let request = requests::Subscribe {
                 symbols: sub.symbols,
                 snapshot: sub.snapshot,
                 throttle_ms: sub.throttle_ms,
                 resume: sub.resume,
             };
-            requests::subscribe(&mut self.core, key, &mut session, None, request, now);
+            requests::subscribe(&mut self.core, key, session, None, request, now);
         }
-        conn.state = State::Session { session, _admission: admission };
         if !leftover.is_empty() && framing == Framing::WebSocket {
             // Frames the client sent right behind its upgrade request.
             self.take_frames(key, leftover);
@@ -1026,45 +1110,39 @@ impl Shard {
         let now = mono_ns();
         let wall = wall_ns();
         for &key in &dirty {
-            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
-            let State::Session { session, .. } = &mut conn.state else { continue };
-            session.queued = false;
-            if session.blocked {
-                continue; // Served when the socket is writable again.
-            }
-            let was_paused = session.read_paused;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                write::write_session(
-                    &mut self.core,
-                    &mut self.write_plan,
-                    session,
-                    &mut conn.io,
-                    now,
-                    wall,
-                )
-            }));
-            match result {
-                Ok(()) => {
-                    let max_message = self.core.gw.config.max_message_bytes as usize;
-                    if was_paused && session.outbox_bytes <= max_message {
-                        session.read_paused = false;
-                        let held = std::mem::take(&mut session.inbuf);
-                        self.take_frames(key, held);
-                        self.reread.push(key);
-                    }
-                    self.settle(key);
-                }
-                Err(panic) => {
-                    // Re-raised inside `guarded` so it is handled in one place.
-                    let message = panic_message(&panic);
-                    self.guarded(key, move |_, _| panic!("{message}"));
-                }
-            }
+            self.guarded(key, |s, key| s.write_one(key, now, wall));
         }
         let mut dirty = dirty;
         dirty.clear();
         if self.core.dirty.is_empty() {
             self.core.dirty = dirty;
+        }
+    }
+
+    /// Writes what session `key` is owed; then, if that brought its outbox under the bound,
+    /// reads on (the frames held while reading was paused first).
+    fn write_one(&mut self, key: u32, now: u64, wall: u64) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let State::Session { session, .. } = &mut conn.state else { return };
+        session.queued = false;
+        if session.blocked {
+            return; // Served when the socket is writable again.
+        }
+        let was_paused = session.read_paused;
+        write::write_session(
+            &mut self.core,
+            &mut self.write_plan,
+            session,
+            &mut conn.io,
+            now,
+            wall,
+        );
+        let max_message = self.core.gw.config.max_message_bytes as usize;
+        if was_paused && session.outbox_bytes <= max_message {
+            session.read_paused = false;
+            let held = std::mem::take(&mut session.inbuf);
+            self.take_frames(key, held);
+            self.reread.push(key);
         }
     }
 
@@ -1083,6 +1161,10 @@ impl Shard {
             return;
         }
         let mut conn = self.conns.remove(key as usize);
+        if self.conns.is_empty() && self.conns.capacity() > 1_024 {
+            // The last connection of a crowd went: its table's high-water mark goes too.
+            self.conns = Slab::new();
+        }
         let _ = self.poll.registry().deregister(conn.io.source());
         let gw = Arc::clone(self.gw());
         match &mut conn.state {

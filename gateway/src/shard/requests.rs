@@ -82,6 +82,32 @@ pub fn error(
     s.push_text(MsgType::Error, frame);
 }
 
+/// Names an error's message shows at most (its `symbols` lists them all).
+const SHOWN_NAMES: usize = 10;
+/// Characters of one name a message shows at most.
+const SHOWN_CHARS: usize = 32;
+
+/// `names` for an error's message: the first [`SHOWN_NAMES`], each cut at [`SHOWN_CHARS`], and
+/// how many more. The message stays under a kilobyte whatever the request named, so an error
+/// is at most the size of its request plus that (docs/backpressure.md).
+fn shown(names: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, name) in names.iter().take(SHOWN_NAMES).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let mut chars = name.chars();
+        out.extend(chars.by_ref().take(SHOWN_CHARS));
+        if chars.next().is_some() {
+            out.push('…');
+        }
+    }
+    if names.len() > SHOWN_NAMES {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN_NAMES));
+    }
+    out
+}
+
 /// The names of a request, resolved against the table and the session's entitlement.
 struct Resolved<'a> {
     known: Vec<SymbolId>,
@@ -127,10 +153,6 @@ pub fn subscribe(
         Symbols::All => Vec::new(),
         Symbols::List(names) => names.clone(),
     };
-    if let Some(poison) = &core.gw.config.panic_on_symbol {
-        // A fault injected by tests (never settable from the command line).
-        assert!(!names.iter().any(|n| n == poison), "injected fault: subscribe to {poison}");
-    }
     let resolved = match &symbols {
         Symbols::All => Resolved {
             known: table.entries.iter().filter(|e| entitled(s, &e.name)).map(|e| e.id).collect(),
@@ -193,7 +215,7 @@ pub fn subscribe(
         s.all = Some(AllSymbols { snapshot, throttle_ms });
     }
     if !resolved.unknown.is_empty() {
-        let message = format!("unknown symbol: {}", resolved.unknown.join(", "));
+        let message = format!("unknown symbol: {}", shown(&resolved.unknown));
         error(core, s, id, ErrorCode::UnknownSymbol, &message, &resolved.unknown, None);
         // Floods of unknown names spend the same budget as bad requests.
         if s.budgets.bad_strikes.strike(now_ns) {
@@ -201,7 +223,7 @@ pub fn subscribe(
         }
     }
     if !resolved.forbidden.is_empty() {
-        let message = format!("not entitled to symbol: {}", resolved.forbidden.join(", "));
+        let message = format!("not entitled to symbol: {}", shown(&resolved.forbidden));
         error(core, s, id, ErrorCode::Forbidden, &message, &resolved.forbidden, None);
     }
     let mut fresh = Vec::with_capacity(added);
@@ -210,6 +232,11 @@ pub fn subscribe(
             Some(&seq) => resume_one(core, key, s, sym, seq, throttle_ms, now_ns, &mut fresh),
             None => add_or_update(core, key, s, sym, snapshot, throttle_ms, now_ns, &mut fresh),
         }
+    }
+    if let Some(poison) = &core.gw.config.panic_on_symbol {
+        // A fault injected by tests (never settable from the command line), where a panic
+        // hurts most: the new subscriptions are in the registry, not yet on the session's list.
+        assert!(!names.iter().any(|n| n == poison), "injected fault: subscribe to {poison}");
     }
     merge_new(s, fresh);
 }
@@ -321,4 +348,22 @@ fn unsubscribe(core: &mut Core, s: &mut Session, id: Option<&RequestId>, symbols
     // Removed subscriptions were taken off the ready and deferred lists above: nothing for
     // these symbols follows this ack.
     debug_assert!(s.outbox.back().is_some_and(|o| matches!(o, Out::Text(MsgType::Ack, _))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_shows_ten_names_of_at_most_32_characters() {
+        assert_eq!(shown(&["FOO"]), "FOO");
+        assert_eq!(shown(&["A", "B"]), "A, B");
+        let long = "é".repeat(40);
+        assert_eq!(shown(&[&long]), format!("{}…", "é".repeat(32)));
+        let many: Vec<String> = (0..1_000).map(|i| format!("{}{i}", "N".repeat(60))).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        let message = shown(&names);
+        assert!(message.ends_with(" and 990 more"), "{message}");
+        assert!(message.len() < 1_024, "{} bytes", message.len());
+    }
 }

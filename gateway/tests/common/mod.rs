@@ -66,7 +66,16 @@ impl TestGateway {
     }
 
     pub async fn start_on(config: Config, feed: Box<dyn gateway::feed::Feed>) -> TestGateway {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at("127.0.0.1:0", config, feed).await
+    }
+
+    /// A gateway listening on `bind` (a loopback address, port 0), such as `[::1]:0`.
+    pub async fn start_at(
+        bind: &str,
+        config: Config,
+        feed: Box<dyn gateway::feed::Feed>,
+    ) -> TestGateway {
+        let listener = TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::run(listener, config, feed, async move {
