@@ -189,8 +189,8 @@ impl Core {
         self.gw.subscriptions_active.fetch_sub(removed, Ordering::Relaxed);
         s.subs = Vec::new();
         s.all = None;
-        s.ready = registry::List::default();
-        s.deferred = registry::List::default();
+        s.ready = crate::fanout::List::default();
+        s.deferred = crate::fanout::List::default();
         s.next_deferred_ns = u64::MAX;
     }
 
