@@ -369,6 +369,12 @@ impl Shard {
         }
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| work(self, key))) {
             let message = panic_message(&panic);
+            // A panic while the read buffer was lent out (`read_session` takes it for the
+            // frame parser) would leave it empty, and every later read on this shard would
+            // then see 0 bytes: an EOF for every session, a panic for every HTTP request.
+            if self.scratch.len() != READ_CHUNK {
+                self.scratch = vec![0; READ_CHUNK];
+            }
             self.core.gw.metrics.session_closed(EndReason::Internal);
             if let Some(conn) = self.conns.get_mut(key as usize) {
                 tracing::error!(peer = %conn.peer, panic = %message, "internal error serving a connection: closing it with 1011");
@@ -495,7 +501,9 @@ impl Shard {
                 State::Http(_) => self.remove_conn(key, None),
                 State::Session { session, .. } => {
                     session.close(Ending::Close(close::GOING_AWAY, EndReason::Shutdown), now);
-                    self.core.queue(key, session);
+                    // Settled now, not at the session's next timer: an SSE stream owes no close
+                    // frame, so nothing else would end it before its next heartbeat.
+                    self.settle(key);
                 }
             }
         }
