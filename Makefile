@@ -7,7 +7,7 @@ export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls cluster test setup lint test-rust test-asyncapi build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-peers soak
+.PHONY: run run-tls cluster test setup lint test-rust test-asyncapi build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-storm bench-peers soak
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -71,9 +71,14 @@ test-prometheus: build-debug
 observe:
 	grafana/observe.sh
 
-## bench: release builds, the benchmark scenarios and the soak, docs/benchmarks.md
+## bench: release builds, the benchmark scenarios, bench-storm and the soak, docs/benchmarks.md
 bench:
 	load-tests/bench.sh
+
+## bench-storm: SSE beside WebSocket and the reconnect storms (also part of bench);
+## "Latest `make bench-storm`" in docs/benchmarks.md
+bench-storm:
+	load-tests/bench_storm.sh
 
 ## soak: 30 minutes at the standard load with churning sessions, unscraped; RSS slope and
 ## RSS after the clients leave, into docs/benchmarks.md (SOAK_MINUTES=N for a shorter run)
