@@ -7,7 +7,7 @@ export FEED_SIM_BIN ?= $(TARGET_DIR)/debug/feed-sim
 
 TLS_DIR    := .run/tls
 
-.PHONY: run run-tls cluster test setup lint test-rust build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-peers soak session-cost
+.PHONY: run run-tls cluster test setup lint test-rust test-asyncapi build-debug test-examples test-browser test-prometheus test-cluster observe bench bench-storm bench-peers soak session-cost
 
 ## run: build a release gateway and serve the simulated feed on 127.0.0.1:8080
 run:
@@ -26,7 +26,7 @@ cluster:
 	deploy/cluster.sh
 
 ## test: install what the tests need, lint, then every test suite
-test: setup lint test-rust test-examples test-browser test-prometheus test-cluster
+test: setup lint test-rust test-asyncapi test-examples test-browser test-prometheus test-cluster
 	@echo "make test: all suites passed"
 
 setup:
@@ -38,6 +38,14 @@ lint:
 
 test-rust:
 	$(CARGO) test --workspace
+
+ASYNCAPI_OBSERVED := $(TARGET_DIR)/test-artifacts/asyncapi-observed.json
+
+## docs/asyncapi.yaml: parsed by the AsyncAPI parser (npm), and checked against every message,
+## field and close code a real gateway sends in a scripted session (gateway/tests/asyncapi.rs)
+test-asyncapi:
+	ASYNCAPI_OBSERVED=$(ASYNCAPI_OBSERVED) $(CARGO) test -p gateway --test asyncapi
+	node docs/asyncapi-check/check.mjs docs/asyncapi.yaml $(ASYNCAPI_OBSERVED)
 
 build-debug:
 	$(CARGO) build -p gateway
@@ -63,9 +71,14 @@ test-prometheus: build-debug
 observe:
 	grafana/observe.sh
 
-## bench: release builds, the benchmark scenarios and the soak, docs/benchmarks.md
+## bench: release builds, the benchmark scenarios, bench-storm and the soak, docs/benchmarks.md
 bench:
 	load-tests/bench.sh
+
+## bench-storm: SSE beside WebSocket and the reconnect storms (also part of bench);
+## "Latest `make bench-storm`" in docs/benchmarks.md
+bench-storm:
+	load-tests/bench_storm.sh
 
 ## soak: 30 minutes at the standard load with churning sessions, unscraped; RSS slope and
 ## RSS after the clients leave, into docs/benchmarks.md (SOAK_MINUTES=N for a shorter run)

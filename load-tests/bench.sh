@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: release builds, then issue 5's scenarios (a)–(f) against a release gateway on
 # loopback, and the results table in docs/benchmarks.md (between its bench:begin/end markers;
-# the rest of that file is hand-written and kept); then issue 14's soak (load-tests/soak.sh,
-# its own soak:begin/end section of the same file).
+# the rest of that file is hand-written and kept); then issue 12's SSE and reconnect-storm runs
+# (load-tests/bench_storm.sh, its bench-storm:begin/end section) and issue 14's soak
+# (load-tests/soak.sh, its own soak:begin/end section of the same file).
 #
 # The gateway runs pinned to core 0 with one shard, the tester pinned to core 1, where the
 # machine has two cores and taskset (settings and helpers: bench_runs.sh, shared with
@@ -151,6 +152,10 @@ export_machine
 export OUT B1_R B1_NAME B1_FAIL B5_R B5_NAME B5_FAIL C1_R C5_R
 python3 "$ROOT/load-tests/bench_report.py"
 log "done: $OUT (raw JSON reports and logs of every run: $WORK)"
+
+# ---- issue 12: SSE beside WebSocket and the reconnect storms, their own section -------------
+log "bench-storm: SSE and reconnect storms (load-tests/bench_storm.sh)"
+BENCH_OUT=$OUT "$ROOT/load-tests/bench_storm.sh" || log "bench-storm: the run failed (see above)"
 
 # ---- the soak (issue 14): its own gateway, its own section of the same file -------------------
 if [[ $QUICK == 1 ]]; then

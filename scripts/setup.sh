@@ -5,7 +5,8 @@
 #     make cluster), chromium (headless browser tests), openssl (test certificates and keys,
 #     make run-tls), curl (`curl -N` on /sse in the example tests)
 #   - Python: websockets (the example clients and the end-to-end tests)
-#   - Node: playwright-core for the browser test (uses the system Chromium, never downloads one)
+#   - Node: playwright-core for the browser test (uses the system Chromium, never downloads one),
+#     @asyncapi/parser and ajv for make test-asyncapi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +39,8 @@ if [ -f examples/node/package.json ] && [ ! -d examples/node/node_modules/ws ]; 
   echo "setup: installing ws (npm) for the Node example client"
   (cd examples/node && npm install --no-audit --no-fund --silent)
 fi
-echo "setup: ok (prometheus, nats-server, haproxy, chromium, openssl, curl, python websockets, playwright-core, ws)"
+if [ -f docs/asyncapi-check/package.json ] && [ ! -d docs/asyncapi-check/node_modules/@asyncapi/parser ]; then
+  echo "setup: installing @asyncapi/parser and ajv (npm) for the AsyncAPI check"
+  (cd docs/asyncapi-check && npm install --no-audit --no-fund --silent)
+fi
+echo "setup: ok (prometheus, nats-server, haproxy, chromium, openssl, curl, python websockets, playwright-core, ws, @asyncapi/parser)"

@@ -70,6 +70,7 @@ pub async fn run(sh: &WorkerShared, n: u64) {
     // Churning clients spread over the gateways as the others do.
     let target = &sh.targets[(n % sh.targets.len() as u64) as usize];
     let dial = Dial {
+        upgrade: connect::Upgrade::WebSocket,
         addr: target.addr,
         source: (!src.is_empty()).then(|| src[(n % src.len() as u64) as usize]),
         host_header: &target.host_header,

@@ -17,9 +17,10 @@ pub const FD_RESERVE: u64 = 200;
 /// and a worker never uses more than one process's worth (under 20,000) per address.
 pub const MAX_CLIENTS_PER_SOURCE_ADDR: u64 = 28_000;
 
-/// Load tester for the market data gateway: opens many WebSocket clients, subscribes each to K
-/// symbols, and measures quote age at receipt, deliveries/s, conflation (seq jumps), ordering,
-/// errors and closes. Progress goes to stderr every second; a summary to stdout at the end.
+/// Load tester for the market data gateway: opens many WebSocket (or SSE) clients, subscribes
+/// each to K symbols, and measures quote age at receipt, deliveries/s, conflation (seq jumps),
+/// ordering, errors and closes; `--storm` drops them all at once and measures their resume.
+/// Progress goes to stderr every second; a summary to stdout at the end.
 ///
 /// Exit code: 0 every SLO met, 1 an SLO missed, 2 bad usage or the run could not be made.
 #[derive(Debug, Clone, Parser)]
@@ -36,7 +37,28 @@ pub struct Cli {
     )]
     pub url: Vec<String>,
 
-    /// Number of clients (WebSocket sessions) to open.
+    /// How each client reads: `ws`, a WebSocket session with the subscription sent as a request;
+    /// `sse`, a `GET /sse` event stream with the subscription in its query (PROTOCOL.md §6).
+    /// With `sse` a URL whose path is `/ws` (the default's) means `/sse` on the same host and
+    /// port; `http://` URLs are taken as well.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
+
+    /// Reconnect storm: when the measured window starts, every reading client drops its
+    /// connection at once (closes the socket, no close handshake), waits `--storm-pause-ms`,
+    /// and reconnects at once resuming from the last `seq` it holds (WebSocket: `resume` in
+    /// its subscribe; SSE: `resume_epoch` and `since`). Reported: the time until every client
+    /// is live again (its `ack`), symbols resumed versus snapshotted (from the acks), resume
+    /// gaps, and the gateway's CPU and memory during the storm. Stuck clients stay stuck.
+    #[arg(long)]
+    pub storm: bool,
+
+    /// How long the clients of a storm stay disconnected, ms: the updates of that time are what
+    /// their resume replays. The window must be longer than this plus a second.
+    #[arg(long, default_value_t = 1_000)]
+    pub storm_pause_ms: u64,
+
+    /// Number of clients (WebSocket sessions or SSE streams) to open.
     #[arg(short = 'c', long, default_value_t = 100)]
     pub clients: u64,
 
@@ -163,9 +185,32 @@ pub struct Cli {
     pub worker: bool,
 }
 
+/// How clients speak to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `GET /ws`: a WebSocket session per client.
+    Ws,
+    /// `GET /sse`: a Server-Sent Events stream per client.
+    Sse,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
 /// What one worker process runs. The coordinator makes one per worker and sends it as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
+    pub transport: Transport,
+    /// A reconnect storm at the start of the window (`--storm`), and its pause.
+    pub storm: bool,
+    pub storm_pause_ms: u64,
     /// The gateways; client i connects to `targets[i % len]`.
     pub targets: Vec<Target>,
     pub token: Option<String>,
@@ -211,6 +256,13 @@ impl Plan {
         (start, start + self.duration_ns)
     }
 
+    /// When the clients of a storm drop (the window's start) and when they reconnect, ns since
+    /// the Unix epoch.
+    pub fn storm_times(&self) -> (u64, u64) {
+        let drop_at = self.window().0;
+        (drop_at, drop_at + self.storm_pause_ms * 1_000_000)
+    }
+
     /// The gateway client `i` (a global index) connects to.
     pub fn target_of(&self, i: u64) -> usize {
         (i % self.targets.len().max(1) as u64) as usize
@@ -241,6 +293,9 @@ mod tests {
 
     fn plan(total: u64, slow: u64, stuck: u64) -> Plan {
         Plan {
+            transport: Transport::Ws,
+            storm: false,
+            storm_pause_ms: 0,
             targets: vec![Target::parse("ws://127.0.0.1:1/ws").unwrap()],
             token: None,
             symbols: vec![],

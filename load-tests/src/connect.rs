@@ -1,6 +1,7 @@
 //! Opening one client connection: a TCP socket (bound to a source address when the plan says
-//! so), then the WebSocket upgrade written and checked by hand. Bytes the server sent after its
-//! `101` (often the `welcome` frame) stay in the read buffer for the frame reader.
+//! so), then the WebSocket upgrade, or the `GET /sse` of an event stream, written and checked by
+//! hand. Bytes the server sent after its `101` (or `200`) head, often the `welcome`, stay in the
+//! read buffer for the frame or event reader.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -45,8 +46,18 @@ impl ReadBuf {
     }
 }
 
+/// What the connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// A WebSocket upgrade, answered `101`.
+    WebSocket,
+    /// A Server-Sent Events stream, answered `200` with `text/event-stream`.
+    EventStream,
+}
+
 /// What to dial and how.
 pub struct Dial<'a> {
+    pub upgrade: Upgrade,
     pub addr: SocketAddr,
     pub source: Option<IpAddr>,
     pub host_header: &'a str,
@@ -59,8 +70,8 @@ pub struct Dial<'a> {
 /// Why a connection attempt failed, as a short stable label for the report.
 pub type FailReason = String;
 
-/// Connects and upgrades; on success the stream is a WebSocket session and `buf` holds whatever
-/// arrived after the handshake.
+/// Connects and upgrades (or opens the event stream); on success the stream is a session and
+/// `buf` holds whatever arrived after the response head.
 pub async fn open(dial: &Dial<'_>, buf: &mut ReadBuf) -> Result<TcpStream, FailReason> {
     match tokio::time::timeout(dial.timeout, open_inner(dial, buf)).await {
         Ok(r) => r,
@@ -84,11 +95,17 @@ async fn open_inner(dial: &Dial<'_>, buf: &mut ReadBuf) -> Result<TcpStream, Fai
     stream.set_nodelay(true).map_err(|e| io_reason(&e))?;
 
     let key = generate_key();
-    let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
-        dial.path, dial.host_header
-    );
+    let mut req = match dial.upgrade {
+        Upgrade::WebSocket => format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+            dial.path, dial.host_header
+        ),
+        Upgrade::EventStream => format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
+            dial.path, dial.host_header
+        ),
+    };
     if let Some(t) = dial.token {
         req.push_str("Authorization: Bearer ");
         req.push_str(t);
@@ -114,21 +131,38 @@ async fn open_inner(dial: &Dial<'_>, buf: &mut ReadBuf) -> Result<TcpStream, Fai
     };
     let head = std::str::from_utf8(&buf.data[..head_end]).map_err(|_| "bad_handshake")?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "101" {
+    let wanted = match dial.upgrade {
+        Upgrade::WebSocket => "101",
+        Upgrade::EventStream => "200",
+    };
+    if status != wanted {
         return Err(if status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()) {
             format!("http_{status}")
         } else {
             "bad_handshake".into()
         });
     }
-    let expected = derive_accept_key(key.as_bytes());
-    let accepted = head.lines().skip(1).any(|l| {
-        l.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
+    let header = |wanted: &str| {
+        head.lines().skip(1).find_map(|l| {
+            l.split_once(':')
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| value.trim())
         })
-    });
-    if !accepted {
-        return Err("bad_accept_key".into());
+    };
+    match dial.upgrade {
+        Upgrade::WebSocket => {
+            if header("sec-websocket-accept") != Some(derive_accept_key(key.as_bytes()).as_str()) {
+                return Err("bad_accept_key".into());
+            }
+        }
+        Upgrade::EventStream => {
+            let event_stream = header("content-type").is_some_and(|v| {
+                v.split(';').next().is_some_and(|t| t.trim() == "text/event-stream")
+            });
+            if !event_stream {
+                return Err("not_an_event_stream".into());
+            }
+        }
     }
     buf.start = head_end + 4;
     Ok(stream)

@@ -18,6 +18,7 @@ use crate::gateway_metrics;
 use crate::procstat::{self, now_ns};
 use crate::report::{CoreReport, CpuReport, GatewayReport, Merged, Report, Settings};
 use crate::stats::{ClassStats, ConnectStats};
+use crate::storm::{Sample, StormReport, StormStats, SAMPLE_EVERY_MS};
 use crate::target::{self, Target};
 use crate::worker::{self, Progress, WorkerEvent, WorkerReport};
 
@@ -73,6 +74,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
     for (w, addrs) in source_addrs.iter().enumerate() {
         let n = base + u64::from((w as u64) < extra);
         plans.push(Plan {
+            transport: cli.transport,
+            storm: cli.storm,
+            storm_pause_ms: cli.storm_pause_ms,
             targets: targets.clone(),
             token: cli.token.clone(),
             symbols: symbols.clone(),
@@ -102,6 +106,26 @@ pub async fn run(cli: Cli) -> Result<Report> {
     }
     let (window_start, window_end) = plans[0].window();
     let ramp_end = plans[0].start_ns(cli.clients);
+    let (storm_drop, storm_reconnect) = plans[0].storm_times();
+    // A storm's gateway samples, from just before the drop to the window's end.
+    let storm_samples: Rc<RefCell<Vec<Sample>>> = Rc::default();
+    if let (true, Some(pid)) = (cli.storm, cli.gateway_pid) {
+        let samples = storm_samples.clone();
+        tokio::task::spawn_local(async move {
+            let first = storm_drop.saturating_sub(2 * SAMPLE_EVERY_MS * 1_000_000);
+            tokio::time::sleep(Duration::from_nanos(first.saturating_sub(now_ns()))).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(SAMPLE_EVERY_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while now_ns() < window_end {
+                tick.tick().await;
+                samples.borrow_mut().push(Sample {
+                    at_ns: now_ns(),
+                    cpu_seconds: procstat::pid_cpu_seconds(pid),
+                    rss_kib: procstat::pid_rss_kib(pid),
+                });
+            }
+        });
+    }
 
     let gateway = cli.gateway_pid.map(|pid| {
         Rc::new(RefCell::new(GatewayReport {
@@ -226,6 +250,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         open_at_window_end: 0,
     };
     let mut churn = ChurnStats::default();
+    let mut storm = StormStats::new();
     let mut tester_cpu = 0.0;
     let mut tester_wait = 0.0;
     for r in &reports {
@@ -234,6 +259,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         }
         merged.connect.merge(&r.connect);
         churn.merge(&r.churn);
+        storm.merge(&r.storm);
         for (name, s) in &r.servers {
             merged.servers.entry(name.clone()).or_default().merge(s);
         }
@@ -278,6 +304,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
         source_addrs: source_addrs.iter().flatten().map(|a| a.to_string()).collect(),
         churn: cli.churn,
         churn_hold_ms: cli.churn_hold_ms,
+        transport: cli.transport.name().into(),
+        storm: cli.storm,
+        storm_pause_ms: cli.storm_pause_ms,
     };
     let tester = CpuReport {
         processes: workers + usize::from(workers > 1),
@@ -302,6 +331,16 @@ pub async fn run(cli: Cli) -> Result<Report> {
         cores,
     );
     report.churn = (cli.churn > 0).then_some(churn);
+    if cli.storm {
+        let samples = storm_samples.borrow();
+        let mut r =
+            StormReport::build(&storm, cli.storm_pause_ms, storm_drop, storm_reconnect, &samples);
+        if let Some(m) = &report.gateway_metrics {
+            r.gateway_resumed_symbols = m.resumed_symbols;
+            r.gateway_snapshotted_symbols = m.snapshotted_symbols;
+        }
+        report.add_storm(r);
+    }
     Ok(report)
 }
 
@@ -339,6 +378,14 @@ fn validate(cli: &Cli) -> Result<()> {
     }
     if cli.throttle_ms > 60_000 {
         bail!("--throttle-ms is at most 60000 (PROTOCOL.md §2)");
+    }
+    if cli.storm && cli.duration * 1000.0 < cli.storm_pause_ms as f64 + 1000.0 {
+        bail!(
+            "--storm: the window (--duration {} s) must outlast the pause (--storm-pause-ms {}) \
+             by at least a second, to see the clients come back",
+            cli.duration,
+            cli.storm_pause_ms
+        );
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ const SERIES: &[&str] = &[
     "gateway_heartbeat_timeouts_total",
     "gateway_sessions_active",
     "gateway_messages_sent_total{type=\"quote\"}",
+    "gateway_resume_symbols_total{outcome=\"resumed\"}",
+    "gateway_resume_symbols_total{outcome=\"snapshot\"}",
 ];
 
 pub fn parse(text: &str) -> Scrape {
@@ -79,6 +81,9 @@ pub struct GatewayMetrics {
     pub slow_consumer_closes: Option<f64>,
     pub heartbeat_timeouts: Option<f64>,
     pub sessions_active_at_end: Option<f64>,
+    /// Symbols resumed and snapshotted on resume (`gateway_resume_symbols_total`).
+    pub resumed_symbols: Option<f64>,
+    pub snapshotted_symbols: Option<f64>,
 }
 
 /// The window between two scrapes of `secs` seconds.
@@ -91,6 +96,8 @@ pub fn window(a: &Scrape, b: &Scrape, secs: f64) -> GatewayMetrics {
         slow_consumer_closes: delta("gateway_slow_consumer_closes_total"),
         heartbeat_timeouts: delta("gateway_heartbeat_timeouts_total"),
         sessions_active_at_end: b.series.get("gateway_sessions_active").copied(),
+        resumed_symbols: delta("gateway_resume_symbols_total{outcome=\"resumed\"}"),
+        snapshotted_symbols: delta("gateway_resume_symbols_total{outcome=\"snapshot\"}"),
         ..GatewayMetrics::default()
     };
     // Per-bucket differences; a bucket missing from the first scrape counts from zero.

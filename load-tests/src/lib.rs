@@ -1,5 +1,5 @@
-//! Load tester for the market data gateway: many simulated WebSocket clients, measured as the
-//! gateway's users see it.
+//! Load tester for the market data gateway: many simulated WebSocket (or SSE) clients,
+//! measured as the gateway's users see it.
 //!
 //! How the pieces fit, from the command line to the report:
 //!
@@ -9,9 +9,11 @@
 //!   second, samples the gateway process, merges the workers' figures.
 //! - [`worker`]: runs its clients on one current-thread runtime, on a shared ramp schedule.
 //! - [`churn`]: `--churn`'s reconnecting `["*"]` sessions beside the measured clients.
-//! - [`client`]: one session: [`connect`] (TCP + upgrade), subscribe, then read fast, slowly or
-//!   not at all; per message [`frame`] finds the frame in the read buffer and [`scan`] reads
-//!   `type`/`symbol`/`seq`/`ts` in place, into [`stats`].
+//! - [`storm`]: `--storm`'s reconnect storm: what the clients count of it, and its report.
+//! - [`client`]: one session: [`connect`] (TCP + upgrade, or `GET /sse`), subscribe, then read
+//!   fast, slowly or not at all; per message [`frame`] finds the frame in the read buffer (or
+//!   the client its SSE event) and [`scan`] reads `type`/`symbol`/`seq`/`ts` in place, into
+//!   [`stats`].
 //! - [`report`]: JSON report, human summary, SLO checks (the exit code); [`gateway_metrics`]
 //!   adds the gateway's own view of the window from its `/metrics`.
 //! - [`symbols`] draws each client's symbols; [`target`] parses the URL and fetches `/symbols`;
@@ -28,6 +30,7 @@ pub mod procstat;
 pub mod report;
 pub mod scan;
 pub mod stats;
+pub mod storm;
 pub mod symbols;
 pub mod target;
 pub mod worker;

@@ -11,6 +11,7 @@ use crate::churn::ChurnStats;
 use crate::config::Cli;
 use crate::gateway_metrics::GatewayMetrics;
 use crate::stats::{Class, ClassStats, ConnectStats, ServerStats};
+use crate::storm::StormReport;
 
 /// Percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +28,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// `unit_ms`: how many histogram units make a millisecond.
-    fn of(h: &Histogram<u64>, unit_ms: f64) -> Percentiles {
+    pub fn of(h: &Histogram<u64>, unit_ms: f64) -> Percentiles {
         if h.is_empty() {
             return Percentiles {
                 count: 0,
@@ -135,6 +136,10 @@ pub struct Settings {
     pub source_addrs: Vec<String>,
     pub churn: u64,
     pub churn_hold_ms: u64,
+    /// `ws` or `sse`.
+    pub transport: String,
+    pub storm: bool,
+    pub storm_pause_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -224,6 +229,8 @@ pub struct Report {
     pub cores: Vec<CoreReport>,
     /// The churning `["*"]` sessions of `--churn`, over the whole run (absent without it).
     pub churn: Option<ChurnStats>,
+    /// The reconnect storm of `--storm` (absent without it).
+    pub storm: Option<StormReport>,
     pub slo: Slo,
 }
 
@@ -322,8 +329,30 @@ impl Report {
             gateway_metrics,
             cores,
             churn: None,
+            storm: None,
             slo: Slo { passed, checks },
         }
+    }
+
+    /// Adds the storm's section and its SLO checks: every dropped client live again, and no
+    /// contract breach in the resumes (a snapshot for a resumed symbol, an ack without
+    /// `resumed`).
+    pub fn add_storm(&mut self, storm: StormReport) {
+        let live = storm.live_again == storm.dropped && storm.dropped > 0;
+        self.slo.checks.push(Check {
+            name: "storm_all_live_again".into(),
+            limit: storm.dropped as f64,
+            value: storm.live_again as f64,
+            passed: live,
+        });
+        self.slo.checks.push(Check {
+            name: "storm_resume_breaches".into(),
+            limit: 0.0,
+            value: storm.resume_breaches as f64,
+            passed: storm.resume_breaches == 0,
+        });
+        self.slo.passed = self.slo.checks.iter().all(|c| c.passed);
+        self.storm = Some(storm);
     }
 
     /// The human summary printed at the end.
@@ -332,8 +361,8 @@ impl Report {
         let st = &self.settings;
         let _ = writeln!(
             s,
-            "load-tests: {} clients × {} symbols ({}) against {}, {:.1} s measured after {:.1} s warmup",
-            st.clients, st.subs, st.dist, st.url, self.window_seconds, st.warmup_s
+            "load-tests: {} {} clients × {} symbols ({}) against {}, {:.1} s measured after {:.1} s warmup",
+            st.clients, st.transport, st.subs, st.dist, st.url, self.window_seconds, st.warmup_s
         );
         let c = &self.connect;
         let _ = writeln!(
@@ -405,6 +434,49 @@ impl Report {
                 c.messages,
                 c.failures_by_reason,
                 c.server_closes_by_code
+            );
+        }
+        if let Some(r) = &self.storm {
+            let ms = |v: Option<f64>| v.map_or("never".into(), |v| format!("{v:.1} ms"));
+            let pct = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}%"));
+            let _ = writeln!(
+                s,
+                "  storm     : {} dropped, {} live again after a {} ms pause; all live {}; \
+                 per client p50 {:.1} ms p99 {:.1} ms max {:.1} ms; failed attempts {:?}",
+                r.dropped,
+                r.live_again,
+                r.pause_ms,
+                ms(r.all_live_ms),
+                r.live_ms.p50,
+                r.live_ms.p99,
+                r.live_ms.max,
+                r.failed_attempts_by_reason
+            );
+            let _ = writeln!(
+                s,
+                "  storm     : symbols resumed {} / snapshotted {} ({:.1}% resumed; gateway says \
+                 {} / {}); replays exact {}, with a gap {} ({} updates), breaches {}; \
+                 {} replayed quotes",
+                r.resumed_symbols,
+                r.snapshotted_symbols,
+                r.resumed_percent,
+                r.gateway_resumed_symbols.map_or("?".into(), |v| format!("{v:.0}")),
+                r.gateway_snapshotted_symbols.map_or("?".into(), |v| format!("{v:.0}")),
+                r.resume_exact,
+                r.resume_gaps,
+                r.resume_gap_updates,
+                r.resume_breaches,
+                r.replayed_quotes
+            );
+            let _ = writeln!(
+                s,
+                "  storm     : gateway cpu {} of a core until all live, {} over the first \
+                 second; RSS KiB before {} / max {} / after {}",
+                pct(r.gateway_cpu_percent_until_live),
+                pct(r.gateway_cpu_percent_first_second),
+                opt(r.gateway_rss_kib_before),
+                opt(r.gateway_rss_kib_max),
+                opt(r.gateway_rss_kib_after)
             );
         }
         if self.per_gateway.len() > 1 {

@@ -23,7 +23,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_name(name: &[u8]) -> Kind {
+    pub fn from_name(name: &[u8]) -> Kind {
         match name {
             b"quote" => Kind::Quote,
             b"snapshot" => Kind::Snapshot,

@@ -247,7 +247,7 @@ fn merge_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 
 /// A histogram as `[[value, count], …]` of its recorded buckets (each value the highest
 /// equivalent of its bucket, so it lands in the same bucket when recorded again).
-mod histogram_buckets {
+pub(crate) mod histogram_buckets {
     use hdrhistogram::Histogram;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Where the WebSocket endpoint is: `ws://HOST:PORT/PATH?QUERY`.
+/// Where the endpoint is: `ws://HOST:PORT/PATH?QUERY` (or `http://`, for `--transport sse`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub host: String,
@@ -20,9 +20,10 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow!("--url must start with ws:// (wss is not supported): {url}"))?;
+        let rest =
+            url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")).ok_or_else(|| {
+                anyhow!("--url must start with ws:// or http:// (TLS is not supported): {url}")
+            })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -41,6 +42,20 @@ impl Target {
             port,
             path: path.to_string(),
         })
+    }
+
+    /// The path and query of this target's event stream: `/ws` (the WebSocket endpoint, as in
+    /// the default URL) is `/sse` on the same port; any other path is taken as it is.
+    pub fn sse_path(&self) -> String {
+        let (path, query) = match self.path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (self.path.as_str(), None),
+        };
+        let path = if path == "/ws" { "/sse" } else { path };
+        match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        }
     }
 
     /// `host:port` as a socket address string for connect.
@@ -151,6 +166,10 @@ mod tests {
         let t = Target::parse("ws://[::1]:9000/ws").unwrap();
         assert_eq!((t.host.as_str(), t.addr()), ("::1", "[::1]:9000".to_string()));
         assert!(Target::parse("wss://x/ws").is_err());
+        let t = Target::parse("http://127.0.0.1:8080/sse").unwrap();
+        assert_eq!((t.port, t.sse_path().as_str()), (8080, "/sse"));
+        let t = Target::parse("ws://127.0.0.1:8080/ws?token=a").unwrap();
+        assert_eq!(t.sse_path(), "/sse?token=a");
         assert!(Target::parse("ws://:80/ws").is_err());
     }
 

@@ -20,6 +20,7 @@ use crate::client::{self, WorkerShared};
 use crate::config::Plan;
 use crate::procstat::{now_ns, self_cpu_seconds};
 use crate::stats::{Class, ClassStats, ConnectStats, ServerStats};
+use crate::storm::StormStats;
 use crate::symbols::SymbolPicker;
 
 /// How long sessions stay open after the figures are taken at the window's end.
@@ -59,6 +60,8 @@ pub struct WorkerReport {
     pub run_queue_wait_seconds_window: f64,
     /// The churning sessions, over the whole run.
     pub churn: ChurnStats,
+    /// The reconnect storm (`--storm`; empty without it).
+    pub storm: StormStats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +84,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
             addr,
             host_header: target.host_header(),
             path: target.path.clone(),
+            sse_path: target.sse_path(),
         });
     }
     let mut classes: [RefCell<ClassStats>; 3] = Default::default();
@@ -99,6 +103,8 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
         window: plan.window(),
         stop: CancellationToken::new(),
         churn: RefCell::new(ChurnStats::default()),
+        storm: CancellationToken::new(),
+        storm_stats: RefCell::new(StormStats::new()),
         plan,
     });
     let churners: Vec<_> = (0..sh.plan.churn)
@@ -124,6 +130,9 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
             cpu_at_start = Some(self_cpu_seconds());
             wait_at_start = own_run_queue_wait();
             open_at_window_start = sh.open.get();
+            if sh.plan.storm {
+                sh.storm.cancel();
+            }
         }
         if now >= window_end {
             break;
@@ -157,6 +166,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
     classes[Class::Stuck.index()].closes_by_code =
         sh.classes[Class::Stuck.index()].borrow().closes_by_code.clone();
     let churn = sh.churn.borrow().clone();
+    let storm = sh.storm_stats.borrow().clone();
     Ok(WorkerReport {
         classes,
         servers,
@@ -167,6 +177,7 @@ pub async fn run(plan: Plan, events: UnboundedSender<WorkerEvent>) -> Result<Wor
         cpu_seconds_window,
         run_queue_wait_seconds_window,
         churn,
+        storm,
     })
 }
 

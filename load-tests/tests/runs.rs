@@ -134,6 +134,11 @@ fn f(v: &Value) -> f64 {
 }
 
 fn assert_sane(r: &Value, text: &str, clients: u64) {
+    assert_sane_connections(r, text, clients, 1);
+}
+
+/// As [`assert_sane`], for clients that each opened `connections` sessions (a storm: 2).
+fn assert_sane_connections(r: &Value, text: &str, clients: u64, connections: u64) {
     let t = &r["total"];
     assert!(f(&t["deliveries"]) > 0.0, "no deliveries:\n{text}");
     assert_eq!(t["order_violations"], 0, "{text}");
@@ -153,7 +158,8 @@ fn assert_sane(r: &Value, text: &str, clients: u64) {
     let welcomes: u64 =
         ["fast", "slow", "stuck"].iter().map(|c| r[c]["welcomes"].as_u64().unwrap()).sum();
     // Stuck clients never read their welcome; every other client did.
-    assert_eq!(welcomes + r["stuck"]["clients"].as_u64().unwrap(), clients, "{text}");
+    let stuck = r["stuck"]["clients"].as_u64().unwrap();
+    assert_eq!(welcomes + stuck * connections, clients * connections, "{text}");
     assert!(f(&r["tester"]["cpu_seconds"]) > 0.0, "{text}");
     assert_eq!(r["slo"]["passed"], true, "{text}");
 }
@@ -380,6 +386,13 @@ fn usage_errors_exit_2_and_help_names_every_flag() {
     let out =
         Command::new(LOAD_TESTS).args(["--slow-fraction", "2", "--symbols", "A"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // A storm whose window cannot see the clients come back.
+    let out = Command::new(LOAD_TESTS)
+        .args(["--storm", "--storm-pause-ms", "2000", "--duration", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--storm-pause-ms"));
     let out = Command::new(LOAD_TESTS).arg("--no-such-flag").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(LOAD_TESTS).arg("--help").output().unwrap();
@@ -410,8 +423,80 @@ fn usage_errors_exit_2_and_help_names_every_flag() {
         "--churn",
         "--churn-hold-ms",
         "--no-gateway-metrics",
+        "--transport",
+        "--storm",
+        "--storm-pause-ms",
     ] {
         assert!(help.contains(flag), "--help does not explain {flag}");
     }
     assert!(!help.contains("--worker"), "the worker flag is internal");
+}
+
+/// A short reconnect storm against a real gateway: `clients` drop at the window's start and
+/// come back after 500 ms resuming; returns the report after the checks both transports share.
+fn storm_run(transport: &str, clients: u64) -> (Value, String) {
+    let gw = Gateway::start(&["--sim-rate", "1000"]);
+    let pid = gw.child.id().to_string();
+    let clients_arg = clients.to_string();
+    let (code, r, text) = run_tool(&args(&[
+        "--url",
+        &gw.url(),
+        "--transport",
+        transport,
+        "-c",
+        &clients_arg,
+        "--ramp-rate",
+        "500",
+        "--duration",
+        "2.5",
+        "--warmup",
+        "1",
+        "--storm",
+        "--storm-pause-ms",
+        "500",
+        "--gateway-pid",
+        &pid,
+        "--max-connect-failures",
+        "0",
+        "--max-p99-ms",
+        "60000",
+    ]));
+    assert_eq!(code, 0, "{text}");
+    assert_sane_connections(&r, &text, clients, 2);
+    assert_eq!(r["settings"]["transport"], transport, "{text}");
+    assert_eq!(r["settings"]["storm"], true, "{text}");
+    let s = &r["storm"];
+    assert_eq!(s["dropped"], clients, "{text}");
+    assert_eq!(s["live_again"], clients, "{text}");
+    assert!(f(&s["all_live_ms"]) > 0.0, "{text}");
+    assert_eq!(s["failed_attempts_by_reason"], serde_json::json!({}), "{text}");
+    // Every symbol held a seq (its first snapshot) and the pause is well inside the history:
+    // each is resumed, none snapshotted, and every replay starts right after the held seq.
+    let resumed = s["resumed_symbols"].as_u64().unwrap();
+    let snapshotted = s["snapshotted_symbols"].as_u64().unwrap();
+    assert!(resumed > 0, "{text}");
+    assert_eq!(resumed + snapshotted, clients * 10, "{text}");
+    assert_eq!(s["resume_gaps"], 0, "{text}");
+    assert_eq!(s["resume_breaches"], 0, "{text}");
+    assert_eq!(s["epoch_changes"], 0, "{text}");
+    assert!(s["resume_exact"].as_u64().unwrap() > 0, "{text}");
+    assert!(s["replayed_quotes"].as_u64().unwrap() > 0, "{text}");
+    // The gateway counts the same resumes as the acks say.
+    assert_eq!(f(&s["gateway_resumed_symbols"]), resumed as f64, "{text}");
+    assert!(s["gateway_rss_kib_max"].as_u64().unwrap() > 0, "{text}");
+    assert!(f(&s["gateway_cpu_percent_first_second"]) > 0.0, "{text}");
+    // The first connection's snapshots, then only those of symbols not resumed.
+    assert_eq!(r["fast"]["snapshots"].as_u64().unwrap(), clients * 10 + snapshotted, "{text}");
+    assert!(text.contains("storm     :"), "no storm line in the summary:\n{text}");
+    (r, text)
+}
+
+#[test]
+fn a_websocket_reconnect_storm_resumes_every_client_without_a_gap() {
+    storm_run("ws", 50);
+}
+
+#[test]
+fn sse_clients_read_the_event_stream_and_resume_after_a_storm() {
+    storm_run("sse", 20);
 }

@@ -561,7 +561,9 @@ impl Shard {
                 State::Http(_) => self.remove_conn(key, None),
                 State::Session { session, .. } => {
                     session.close(Ending::Close(close::GOING_AWAY, EndReason::Shutdown), now);
-                    self.core.queue(key, session);
+                    // Settled now, not at the session's next timer: an SSE stream owes no close
+                    // frame, so nothing else would end it before its next heartbeat.
+                    self.settle(key);
                 }
             }
         }

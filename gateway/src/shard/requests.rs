@@ -187,7 +187,14 @@ pub fn subscribe(
             .collect()
     });
     if let (Some(resume), Some(resumed)) = (&resume, &resumed) {
-        let asked = resume.seq.iter().filter(|(n, _)| table.get(n).is_some()).count();
+        // Only names this subscribe accepts get either outcome: a name in `seq` that is not
+        // requested (or unknown, or forbidden) gets neither a replay nor a snapshot.
+        let accepted: HashSet<SymbolId> = resolved.known.iter().copied().collect();
+        let asked = resume
+            .seq
+            .iter()
+            .filter(|(n, _)| table.get(n).is_some_and(|e| accepted.contains(&e.id)))
+            .count();
         core.gw.metrics.resumed(resumed.len() as u64, asked.saturating_sub(resumed.len()) as u64);
     }
     let resumed_names = |resumed: &HashMap<SymbolId, u64>| -> Vec<&str> {
