@@ -1,4 +1,5 @@
-//! `gateway`: parse the configuration, set up logging, bind, and run until SIGINT or SIGTERM.
+//! `gateway`: parse the configuration, set up logging, bind, and run until SIGINT or SIGTERM
+//! (SIGHUP reloads the token file, the JWT key and the certificate: see `server`).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -34,6 +35,11 @@ fn main() -> ExitCode {
         eprintln!("gateway: {e}");
         return ExitCode::from(EX_USAGE);
     }
+    // So is the certificate and its key.
+    if let Err(e) = gateway::server::load_tls(&config) {
+        eprintln!("gateway: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     let feed = match gateway::feed::from_config(&config) {
         Ok(feed) => feed,
         Err(e) => {
@@ -60,10 +66,26 @@ fn main() -> ExitCode {
                 return ExitCode::from(EX_UNAVAILABLE);
             }
         };
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    eprintln!("gateway: cannot listen on {addr} (--metrics-listen): {e}. Choose another address with --metrics-listen or GATEWAY_METRICS_LISTEN.");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            },
+        };
         let addr = listener.local_addr().expect("bound listener has an address");
-        println!("gateway: serving on http://{addr}/ (WebSocket: ws://{addr}/ws)");
+        let (http, ws) = if config.tls_cert.is_some() { ("https", "wss") } else { ("http", "ws") };
+        println!("gateway: serving on {http}://{addr}/ (WebSocket: {ws}://{addr}/ws)");
+        if let Some(metrics) = &metrics {
+            let addr = metrics.local_addr().expect("bound listener has an address");
+            println!("gateway: metrics on http://{addr}/metrics");
+        }
         let _ = std::io::stdout().flush();
-        match gateway::run(listener, config, feed, shutdown_signal()).await {
+        let listeners = gateway::server::Listeners { main: listener, metrics };
+        match gateway::server::serve(listeners, config, feed, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway: {e:#}");
