@@ -3,7 +3,8 @@
 # Idempotent: `make test` runs it every time; a second run takes a second.
 #   - Debian packages: prometheus (+ promtool), nats-server, haproxy (the cluster tests and
 #     make cluster), chromium (headless browser tests), openssl (test certificates and keys,
-#     make run-tls)
+#     make run-tls), curl (the TLS test's second verifying client), coreutils' sha256sum (token
+#     digests in the security test; always present on Debian)
 #   - Python: websockets (the example clients and the end-to-end tests)
 #   - Node: playwright-core for the browser test (uses the system Chromium, never downloads one)
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   sudo_cmd=""
@@ -37,4 +39,4 @@ if [ -f examples/node/package.json ] && [ ! -d examples/node/node_modules/ws ]; 
   echo "setup: installing ws (npm) for the Node example client"
   (cd examples/node && npm install --no-audit --no-fund --silent)
 fi
-echo "setup: ok (prometheus, nats-server, haproxy, chromium, openssl, python websockets, playwright-core, ws)"
+echo "setup: ok (prometheus, nats-server, haproxy, chromium, openssl, curl, python websockets, playwright-core, ws)"
