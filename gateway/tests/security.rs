@@ -1,8 +1,8 @@
 //! Access control, TLS and the PROXY protocol end to end (issue 13; contract sections 1 and 4;
-//! decisions 26-31 of docs/protocol.md): every refusal path, a token revoked or narrowed by a
-//! real SIGHUP to the real binary, a JWT that expires under a live session, TLS with clients
-//! that verify the certificate (rustls, curl), PROXY protocol v2 from a real HAProxy, and a run
-//! whose logs and metrics are searched for every credential it used.
+//! decisions 26-31 and 37-40 of docs/protocol.md): every refusal path, a token revoked or
+//! narrowed by a real SIGHUP to the real binary, a JWT that expires under a live session, TLS
+//! with clients that verify the certificate (rustls, curl), PROXY protocol v2 from a real
+//! HAProxy, and a run whose logs and metrics are searched for every credential it used.
 //!
 //! External programs come from Debian (scripts/setup.sh): `openssl` (through
 //! scripts/dev-cert.sh), `curl`, `haproxy`. A missing one fails its test with the fix, never
