@@ -463,6 +463,13 @@ async fn every_endpoint_refuses_a_missing_or_unknown_token_with_401() {
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"), "{path}");
     }
+    // The page: no framing, no inline code but its own (by hash), no token in a Referer.
+    let page = gw.get("/").await;
+    let csp = page.header("Content-Security-Policy").expect("a CSP on /");
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.header("X-Frame-Options"), Some("DENY"));
+    assert_eq!(page.header("Referrer-Policy"), Some("no-referrer"));
     assert_eq!(gw.metric("gateway_auth_failures_total{reason=\"missing\"}").await, 5.0);
     assert_eq!(gw.metric("gateway_auth_failures_total{reason=\"unknown_token\"}").await, 5.0);
     assert_eq!(gw.metric("gateway_auth_failures_total{reason=\"unsupported_scheme\"}").await, 4.0);
