@@ -3,7 +3,8 @@
 # Idempotent: `make test` runs it every time; a second run takes a second.
 #   - Debian packages: prometheus (+ promtool), nats-server, haproxy (the cluster tests and
 #     make cluster), chromium (headless browser tests), openssl (test certificates and keys,
-#     make run-tls), curl (`curl -N` on /sse in the example tests)
+#     make run-tls), curl (`curl -N` on /sse in the example tests, and the TLS test's second
+#     verifying client), coreutils' sha256sum (token digests in the security test)
 #   - Python: websockets (the example clients and the end-to-end tests)
 #   - Node: playwright-core for the browser test (uses the system Chromium, never downloads one),
 #     @asyncapi/parser and ajv for make test-asyncapi

@@ -359,7 +359,9 @@ async def test_feed_restart_continues_seq_and_drops_no_session(c: Cluster) -> No
     clients = [await Client.open(a), await Client.open(b)]
     for cl in clients:
         await cl.subscribe(["AAPL", "MSFT"])
-        await cl.wait_for(lambda m: m["type"] == "quote", "a first quote")
+        # A quote of each symbol before the crash (the last seq of both is compared below).
+        for sym in ("AAPL", "MSFT"):
+            await cl.wait_for(lambda m, sym=sym: m["type"] == "quote" and m["symbol"] == sym, f"a first {sym} quote")
     c.procs.stop(feed, signal.SIGKILL)  # a crash: whatever it had in flight is lost
     await asyncio.sleep(0.5)
     before = [{s: max(q for (sym, q) in cl.quotes() if sym == s) for s in ("AAPL", "MSFT")} for cl in clients]

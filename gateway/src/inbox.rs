@@ -25,6 +25,9 @@ pub enum Listener {
 pub enum Command {
     /// Serve this connection.
     Connection { stream: std::net::TcpStream, peer: SocketAddr, listener: Listener },
+    /// The access configuration was reloaded (SIGHUP): review every session's grant against
+    /// the one now in `Gateway::access` (revoked: 4001; narrowed: drop the symbols it lost).
+    ReviewAccess,
     /// Close every session with 1001 and stop within the grace period.
     Shutdown,
 }

@@ -1,5 +1,6 @@
 //! `gateway`: parse the configuration, set up logging, bind, and run until SIGINT or SIGTERM (a
-//! second one during the drain exits at once).
+//! second one during the drain exits at once). SIGHUP reloads the token file, the JWT key and
+//! the certificate: see `server`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
         eprintln!("gateway: {e}");
         return ExitCode::from(EX_USAGE);
     }
+    // So is the certificate and its key.
+    if let Err(e) = gateway::server::load_tls(&config) {
+        eprintln!("gateway: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     let feed = match gateway::feed::from_config(&config) {
         Ok(feed) => feed,
         Err(e) => {
@@ -47,6 +53,11 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or journald gets plain text to grep.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     raise_open_file_limit();
 
@@ -61,10 +72,26 @@ fn main() -> ExitCode {
                 return ExitCode::from(EX_UNAVAILABLE);
             }
         };
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    eprintln!("gateway: cannot listen on {addr} (--metrics-listen): {e}. Choose another address with --metrics-listen or GATEWAY_METRICS_LISTEN.");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            },
+        };
         let addr = listener.local_addr().expect("bound listener has an address");
-        println!("gateway: serving on http://{addr}/ (WebSocket: ws://{addr}/ws)");
+        let (http, ws) = if config.tls_cert.is_some() { ("https", "wss") } else { ("http", "ws") };
+        println!("gateway: serving on {http}://{addr}/ (WebSocket: {ws}://{addr}/ws)");
+        if let Some(metrics) = &metrics {
+            let addr = metrics.local_addr().expect("bound listener has an address");
+            println!("gateway: metrics on http://{addr}/metrics");
+        }
         let _ = std::io::stdout().flush();
-        match gateway::run(listener, config, feed, shutdown_signal()).await {
+        let listeners = gateway::server::Listeners { main: listener, metrics };
+        match gateway::server::serve(listeners, config, feed, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway: {e:#}");

@@ -116,10 +116,14 @@ pub enum EndReason {
     SlowConsumer,
     Client,
     IoError,
+    /// 4001: the session's JWT reached its `exp`.
+    TokenExpired,
+    /// 4001: a reload revoked the session's credential.
+    TokenRevoked,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 11] = [
         EndReason::Normal,
         EndReason::Shutdown,
         EndReason::Policy,
@@ -129,6 +133,8 @@ impl EndReason {
         EndReason::SlowConsumer,
         EndReason::Client,
         EndReason::IoError,
+        EndReason::TokenExpired,
+        EndReason::TokenRevoked,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -141,6 +147,8 @@ impl EndReason {
             EndReason::SlowConsumer => "slow_consumer",
             EndReason::Client => "client",
             EndReason::IoError => "io_error",
+            EndReason::TokenExpired => "token_expired",
+            EndReason::TokenRevoked => "token_revoked",
         }
     }
 }

@@ -210,7 +210,7 @@ fn authenticate(
     access.authenticate_request(authorization, query.get("token"), SystemTime::now()).map_err(
         |failure: AuthFailure| {
             gw.metrics.auth_failed(failure);
-            gw.audit_auth_failure(peer, failure);
+            gw.audit_auth_failure(peer, &head.path, failure);
             Response::text(
                 401,
                 format!(

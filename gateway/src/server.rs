@@ -5,6 +5,18 @@
 //! and tells the shards which symbols changed. If the feed or a shard fails, every session is
 //! closed (1001) and [`run`] returns the error, so that the process exits non-zero and a
 //! supervisor restarts it: the gateway never goes on serving stale quotes as if they were live.
+//!
+//! SIGHUP is handled here, in the accept loop (a tokio signal stream, installed by [`serve`]):
+//! the access configuration (token file, JWT key) and the TLS certificate are loaded again,
+//! each all or nothing. A refused one is logged and the one in force stays; an applied access
+//! configuration is swapped in (`Gateway::access`) and every shard is told to review its
+//! sessions (`Command::ReviewAccess`); a new certificate applies to new connections. Both count
+//! in `gateway_reloads_total{what,result}`. Nobody is disconnected by a reload but the sessions
+//! whose credential it revoked (4001).
+//!
+//! `--metrics-listen` is a second listener of the same loop; its connections go to the shards
+//! marked [`Listener::Metrics`] (plain HTTP, no PROXY header: `/metrics`, `/healthz`,
+//! `/readyz` only).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessConfig, AccessSources};
@@ -20,19 +33,46 @@ use crate::config::Config;
 use crate::feed::{Feed, FeedError, Publisher};
 use crate::inbox::{Command, Inbox, Listener};
 use crate::metrics::Metrics;
+use crate::net::tls::{TlsConfigError, TlsConfigHolder};
 use crate::shard::{self, ShardError, ShardHandle};
 use crate::state::Gateway;
 use crate::store::SnapshotStore;
 
+/// The sockets a gateway serves: the session port, and `--metrics-listen`'s if configured.
+pub struct Listeners {
+    pub main: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
 /// Runs a gateway on `listener`, serving the quotes of `feed`, until `shutdown` completes,
 /// then closes every session with 1001 within the grace period and returns. If the feed
-/// fails, every session is closed the same way and the error is returned.
+/// fails, every session is closed the same way and the error is returned. `--metrics-listen`,
+/// if set, is bound here; [`serve`] takes it already bound.
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    feed: Box<dyn Feed>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    serve(Listeners { main: listener, metrics }, config, feed, shutdown).await
+}
+
+/// [`run`] on listeners already bound.
+pub async fn serve(
+    listeners: Listeners,
     config: Config,
     mut feed: Box<dyn Feed>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Listeners { main: listener, metrics: metrics_listener } = listeners;
     config.validate().map_err(anyhow::Error::msg)?;
     let shards = config.shard_count();
     let metrics = Arc::new(Metrics::new(shards));
@@ -42,8 +82,19 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     tracing::info!(access = %access.describe(), "access control");
-    let gateway =
-        Arc::new(Gateway::new(config, Arc::clone(&store), Arc::clone(&metrics), access, wall_ns()));
+    let tls = load_tls(&config).map_err(anyhow::Error::new)?;
+    if let Some(tls) = &tls {
+        for warning in tls.warnings() {
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(cert = %tls.cert_path().display(), "TLS: the port speaks https and wss only");
+    }
+    // Installed before the first connection is served, so a SIGHUP never kills the process.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let gateway = Arc::new(
+        Gateway::new(config, Arc::clone(&store), Arc::clone(&metrics), access, wall_ns())
+            .with_tls(tls),
+    );
     let config = &gateway.config;
 
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
@@ -76,8 +127,12 @@ pub async fn run(
     drop(shard_failed_tx);
     // Freed memory goes back to the system while the gateway runs (docs/operations.md).
     tokio::spawn(crate::memory::return_freed_memory(feed_stop.clone()));
+    if let Some(metrics_listener) = &metrics_listener {
+        tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    }
     tracing::info!(
         listen = %listener.local_addr()?, shards, symbols = store.table().len(), feed = feed_name,
+        tls = gateway.tls.is_some(), proxy_protocol = config.proxy_protocol,
         activity = feed_sim::Activity::from(config.sim_activity).as_str(),
         server = %gateway.server_name, "gateway serving"
     );
@@ -107,21 +162,27 @@ pub async fn run(
                 failure = Some(why.context("shard failed"));
                 break;
             }
+            _ = hangup.recv() => reload(&gateway, &inboxes),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(stream) = prepare(stream, config) else { continue };
                     inboxes[next].send(Command::Connection { stream, peer, listener: Listener::Main });
                     next = (next + 1) % shards;
                 }
-                Err(e) => {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => accept_failed(e).await,
+            },
+            accepted = accept_on(metrics_listener.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(stream) = prepare(stream, config) else { continue };
+                    inboxes[next].send(Command::Connection { stream, peer, listener: Listener::Metrics });
+                    next = (next + 1) % shards;
                 }
+                Err(e) => accept_failed(e).await,
             },
         }
     }
     drop(listener);
+    drop(metrics_listener);
     let sessions = gateway.sessions_active.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         sessions,
@@ -144,6 +205,69 @@ pub async fn run(
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Accepts on `listener`, or never (no such listener).
+async fn accept_on(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Out of file descriptors, typically: back off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// The TLS configuration of `--tls-cert` and `--tls-key`, if given (at start an error is exit
+/// 64: `main` loads it first).
+pub fn load_tls(config: &Config) -> Result<Option<TlsConfigHolder>, TlsConfigError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => TlsConfigHolder::load(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// SIGHUP: the access configuration and the certificate, again from their files. Each is
+/// applied whole or refused whole (logged; the one in force stays), and counted.
+fn reload(gw: &Gateway, shards: &[Arc<Inbox>]) {
+    tracing::info!("SIGHUP: reloading the access configuration and the TLS certificate");
+    match AccessConfig::load(&access_sources(&gw.config)) {
+        Ok(access) => {
+            for warning in access.warnings() {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(access = %access.describe(), "reload applied: access control; reviewing live sessions");
+            gw.access.store(Arc::new(access));
+            gw.metrics.reloaded("access", true);
+            for inbox in shards {
+                inbox.send(Command::ReviewAccess);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reload refused: access control; the configuration in force stays");
+            gw.metrics.reloaded("access", false);
+        }
+    }
+    if let Some(tls) = &gw.tls {
+        match tls.reload() {
+            Ok(()) => {
+                for warning in tls.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                tracing::info!(cert = %tls.cert_path().display(), "reload applied: TLS certificate, for new connections");
+                gw.metrics.reloaded("tls", true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reload refused: TLS certificate; the one in force stays");
+                gw.metrics.reloaded("tls", false);
+            }
+        }
+    }
 }
 
 /// Where the access configuration is read from (again on every SIGHUP).

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use crate::access::{AccessConfig, AuditDecision, AuditLimiter, AuthFailure, SessionCounts};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::net::tls::TlsConfigHolder;
 use crate::store::SnapshotStore;
 
 /// The shared state of one gateway.
@@ -26,6 +27,9 @@ pub struct Gateway {
     pub access: ArcSwap<AccessConfig>,
     /// Sessions open per token entry or JWT `sub` (their `max_sessions`).
     pub sessions_per_grant: Arc<SessionCounts>,
+    /// `--tls-cert`, `--tls-key`: the port speaks TLS only (the certificate is replaced on
+    /// SIGHUP; open connections keep theirs).
+    pub tls: Option<TlsConfigHolder>,
     origins: Vec<String>,
     auth_log: Mutex<AuditLimiter>,
     pub started_wall_ns: u64,
@@ -55,6 +59,7 @@ impl Gateway {
             metrics,
             access: ArcSwap::from_pointee(access),
             sessions_per_grant: SessionCounts::new(),
+            tls: None,
             started_wall_ns,
             sessions_active: AtomicU64::new(0),
             sse_sessions_active: AtomicU64::new(0),
@@ -65,16 +70,23 @@ impl Gateway {
         }
     }
 
+    /// Serves TLS only, with this certificate.
+    pub fn with_tls(mut self, tls: Option<TlsConfigHolder>) -> Gateway {
+        self.tls = tls;
+        self
+    }
+
     /// Whether a session may be opened from `origin` (the allow-list, if one is configured).
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         self.origins.is_empty() || origin.is_some_and(|o| self.origins.iter().any(|a| a == o))
     }
 
-    /// Logs an authentication failure at info, at most `--auth-log-per-sec` a second.
-    pub fn audit_auth_failure(&self, peer: SocketAddr, failure: AuthFailure) {
+    /// Logs an authentication failure at info, at most `--auth-log-per-sec` a second: the
+    /// peer, the endpoint (a path, never its query: `?token=` is there) and the reason.
+    pub fn audit_auth_failure(&self, peer: SocketAddr, path: &str, failure: AuthFailure) {
         match self.auth_log.lock().admit(std::time::Instant::now()) {
             AuditDecision::Log { suppressed_before } => tracing::info!(
-                %peer, reason = failure.as_str(), suppressed = suppressed_before,
+                %peer, path, reason = failure.as_str(), suppressed = suppressed_before,
                 "authentication failed"
             ),
             AuditDecision::Suppress => {}

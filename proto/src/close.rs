@@ -19,4 +19,8 @@ pub const PROTOCOL_ERROR: CloseCause = CloseCause { code: 1002, reason: "protoco
 pub const INVALID_PAYLOAD: CloseCause = CloseCause { code: 1007, reason: "invalid UTF-8" };
 pub const INTERNAL: CloseCause = CloseCause { code: 1011, reason: "internal error" };
 pub const HEARTBEAT_TIMEOUT: CloseCause = CloseCause { code: 4000, reason: "heartbeat timeout" };
+/// The session's JWT reached its `exp` (reconnect with a fresh token, and resume).
+pub const TOKEN_EXPIRED: CloseCause = CloseCause { code: 4001, reason: "token expired" };
+/// A reload (SIGHUP) removed the session's token, or its JWT no longer verifies.
+pub const TOKEN_REVOKED: CloseCause = CloseCause { code: 4001, reason: "token revoked" };
 pub const SLOW_CONSUMER: CloseCause = CloseCause { code: 4008, reason: "slow consumer" };

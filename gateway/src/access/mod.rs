@@ -100,6 +100,20 @@ impl Principal {
             Principal::Token(name) | Principal::Jwt(name) => name,
         }
     }
+    /// The token entry's name, for a `token` log field (absent otherwise).
+    pub fn token_name(&self) -> Option<&str> {
+        match self {
+            Principal::Token(name) => Some(name),
+            _ => None,
+        }
+    }
+    /// The JWT's `sub`, for a `sub` log field (absent otherwise).
+    pub fn sub(&self) -> Option<&str> {
+        match self {
+            Principal::Jwt(sub) => Some(sub),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Principal {

@@ -176,6 +176,11 @@ impl Response {
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
+        // Every answer: browsers must take the content type as given, never sniff one (a
+        // `text/plain` error echoing a symbol name is never run as HTML).
+        if !self.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(NOSNIFF.0)) {
+            let _ = write!(head, "{}: {}\r\n", NOSNIFF.0, NOSNIFF.1);
+        }
         let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
         head.push_str(if keep_alive {
             "Connection: keep-alive\r\n\r\n"
@@ -190,17 +195,20 @@ impl Response {
     }
 }
 
+/// The header on every response (see [`Response::encode`]).
+pub const NOSNIFF: (&str, &str) = ("X-Content-Type-Options", "nosniff");
+
 /// The head of a response that switches the connection to WebSocket.
 pub fn switching_protocols(accept: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nX-Content-Type-Options: nosniff\r\n\r\n"
     )
     .into_bytes()
 }
 
 /// The head of a Server-Sent Events stream: no length, the body ends when the connection does.
 pub fn event_stream_head() -> &'static [u8] {
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
 }
 
 /// Reason phrases of the statuses the gateway sends.
@@ -288,7 +296,7 @@ mod tests {
         let r = Response::text(404, "not found\n").header("X-A", "1");
         assert_eq!(
             String::from_utf8(r.encode(true, false)).unwrap(),
-            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-A: 1\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\r\nnot found\n"
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-A: 1\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\r\nnot found\n"
         );
         assert!(String::from_utf8(r.encode(false, true))
             .unwrap()

@@ -159,6 +159,9 @@ pub struct Session {
     pub peer: SocketAddr,
     /// Who the session is and what it may see (replaced on a reload).
     pub grant: Arc<Grant>,
+    /// Monotonic ns at which the grant expires (a JWT's `exp`): the session closes with 4001
+    /// then. `u64::MAX`: never.
+    pub expires_ns: u64,
     /// Its `max_subscriptions` (the grant's, or the gateway's).
     pub max_subscriptions: usize,
     /// Subscriptions, sorted by symbol.
@@ -216,6 +219,7 @@ impl Session {
             framing,
             peer,
             grant,
+            expires_ns: u64::MAX,
             max_subscriptions,
             subs: Vec::new(),
             all: None,
@@ -242,6 +246,15 @@ impl Session {
             closing: None,
             failed: false,
         }
+    }
+
+    /// Gives the session `grant` (at open, or after a reload), and the monotonic time at which
+    /// it expires: a JWT's `exp` is wall-clock time, turned into the shard's clock once here.
+    pub fn set_grant(&mut self, grant: Arc<Grant>, now_ns: u64) {
+        self.expires_ns = grant
+            .time_left(std::time::SystemTime::now())
+            .map_or(u64::MAX, |left| now_ns.saturating_add(left.as_nanos() as u64));
+        self.grant = grant;
     }
 
     /// The session's id as `welcome` and the logs show it.

@@ -28,6 +28,7 @@ use proto::close;
 use proto::server::{self, Limits};
 use slab::Slab;
 
+use crate::access::{AuthFailure, Principal, Review};
 use crate::clock::{mono_ns, wall_ns};
 use crate::fanout::{Registry, SubKey, Waiting};
 use crate::inbox::{Command, Inbox, Listener};
@@ -41,6 +42,18 @@ use crate::session::{Budgets, Ending, Framing, Out, Session};
 use crate::state::Gateway;
 use crate::store::{Snapshot, SymbolId};
 use timers::Timers;
+
+/// An event at info when `$info`, else at debug (audit lines: a credential's sessions are
+/// worth a line each; an open gateway's are not).
+macro_rules! audit {
+    ($info:expr, $($arg:tt)+) => {
+        if $info {
+            tracing::info!($($arg)+)
+        } else {
+            tracing::debug!($($arg)+)
+        }
+    };
+}
 
 /// The token of the shard's waker.
 const WAKER: Token = Token(usize::MAX);
@@ -243,6 +256,9 @@ struct HttpConn {
     out_pos: usize,
     close_after: bool,
     deadline_ns: u64,
+    /// `--proxy-protocol`: the PROXY v2 header has not been read yet (it precedes TLS and
+    /// HTTP).
+    awaiting_proxy_header: bool,
 }
 
 /// A shard's handle, for the threads that talk to it.
@@ -466,7 +482,14 @@ impl Shard {
         let deadline = match &mut conn.state {
             State::Http(http) => http.deadline_ns,
             State::Session { session, .. } => {
-                if session.is_done(now) {
+                // Over TLS, the close frame may still be ciphertext in rustls: wait for the
+                // socket to take it, within the close grace.
+                let flushed = !conn.io.wants_write()
+                    || session.closing.is_some_and(|c| {
+                        now >= c.deadline_ns
+                            || (c.frame.is_none() && matches!(c.ending, Ending::Gone(_)))
+                    });
+                if session.is_done(now) && flushed {
                     let reason = session.closing.map(|c| c.ending.reason());
                     self.remove_conn(key, reason);
                     return;
@@ -486,6 +509,7 @@ impl Shard {
                 Command::Connection { stream, peer, listener } => {
                     self.accept(stream, peer, listener)
                 }
+                Command::ReviewAccess => self.review_access(),
                 Command::Shutdown => self.start_shutdown(),
             }
         }
@@ -500,7 +524,21 @@ impl Shard {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let mut io = Transport::plain(mio::net::TcpStream::from_std(stream));
+        let stream = mio::net::TcpStream::from_std(stream);
+        // Only the session port speaks TLS and expects a PROXY header (`--metrics-listen` is
+        // for Prometheus and health checks, reached directly).
+        let main = listener == Listener::Main;
+        let tls = gw.tls.as_ref().filter(|_| main);
+        let mut io = match tls {
+            None => Transport::plain(stream),
+            Some(tls) => match Transport::tls(stream, tls.current()) {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot start TLS on a connection");
+                    return;
+                }
+            },
+        };
         let max_pending = u64::from(gw.config.max_pending_connections);
         if gw
             .pending_connections
@@ -509,15 +547,18 @@ impl Shard {
             })
             .is_err()
         {
-            // Refused at once, so a flood of half-open connections holds no buffers.
+            // Refused at once, so a flood of half-open connections holds no buffers. Over TLS
+            // no answer can be read before a handshake: the connection is just closed.
             gw.metrics.handshake_rejected(503);
-            let answer = Response::text(
-                503,
-                "too many connections are still in their handshake: retry later\n",
-            )
-            .header("Retry-After", "1")
-            .encode(false, false);
-            let _ = io.write(&answer);
+            if !io.is_tls() {
+                let answer = Response::text(
+                    503,
+                    "too many connections are still in their handshake: retry later\n",
+                )
+                .header("Retry-After", "1")
+                .encode(false, false);
+                let _ = io.write(&answer);
+            }
             tracing::debug!(%peer, "connection refused: pending connection limit reached");
             return;
         }
@@ -540,7 +581,9 @@ impl Shard {
                 out: Vec::new(),
                 out_pos: 0,
                 close_after: false,
+                // PROXY header, TLS handshake and HTTP request all within this one deadline.
                 deadline_ns: now + gw.config.handshake_timeout().as_nanos() as u64,
+                awaiting_proxy_header: main && gw.config.proxy_protocol,
             })),
         });
         // Data may have arrived before registration: edge-triggered readiness would not tell.
@@ -567,6 +610,90 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The access configuration was reloaded: every session's grant is reviewed against the
+    /// new one (decision 29 of docs/protocol.md). Revoked: closed with 4001 `token revoked`.
+    /// Narrowed: the subscriptions it may no longer see are dropped, without a message (as an
+    /// unsubscribe it did not send). Updated (and narrowed): the new grant applies from now on,
+    /// to its later requests and to its `["*"]`, which gains the symbols it may now see.
+    /// Sessions sharing a token share its grant, so each grant is reviewed once per shard.
+    fn review_access(&mut self) {
+        let access = self.gw().access.load_full();
+        let now = mono_ns();
+        let wall = std::time::SystemTime::now();
+        let mut reviewed: std::collections::HashMap<*const crate::access::Grant, Review> =
+            std::collections::HashMap::new();
+        let keys: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.state, State::Session { session, .. } if session.closing.is_none()))
+            .map(|(k, _)| k as u32)
+            .collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            let State::Session { session, .. } = &mut conn.state else { continue };
+            let grant = Arc::as_ptr(&session.grant);
+            let review =
+                reviewed.entry(grant).or_insert_with(|| access.review(&session.grant, wall));
+            let renewed = match review {
+                Review::Unchanged => continue,
+                Review::Revoked => {
+                    self.core.gw.metrics.auth_failed(AuthFailure::Revoked);
+                    session
+                        .close(Ending::Close(close::TOKEN_REVOKED, EndReason::TokenRevoked), now);
+                    self.core.queue(key, session);
+                    self.settle(key);
+                    continue;
+                }
+                Review::Updated(grant) | Review::Narrowed(grant) => Arc::clone(grant),
+            };
+            self.regrant(key, renewed, now);
+        }
+    }
+
+    /// Session `key` holds `grant` from now on: what it may no longer see is dropped, and a
+    /// `["*"]` subscription gains what it may now see (within its `max_subscriptions`).
+    fn regrant(&mut self, key: u32, grant: Arc<crate::access::Grant>, now: u64) {
+        let gw = Arc::clone(self.gw());
+        let gateway_max = gw.config.max_subscriptions;
+        let table = gw.store.table_full();
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let State::Session { session, .. } = &mut conn.state else { return };
+        session.set_grant(grant, now);
+        // A lower limit applies to later requests; it drops nothing (decision 30).
+        session.max_subscriptions = session.grant.max_subscriptions(gateway_max) as usize;
+        let allowed = |symbol: SymbolId| {
+            table.entries.get(symbol as usize).is_some_and(|e| session.grant.allows(&e.name))
+        };
+        let lost: Vec<SymbolId> =
+            session.subs.iter().map(|&(symbol, _)| symbol).filter(|&s| !allowed(s)).collect();
+        if !lost.is_empty() {
+            self.core.remove_subs_where(session, |symbol| lost.binary_search(&symbol).is_ok());
+        }
+        if let Some(all) = session.all {
+            let mut fresh = Vec::new();
+            for entry in table.entries.iter() {
+                if session.subs.len() + fresh.len() >= session.max_subscriptions {
+                    break;
+                }
+                if session.sub_of(entry.id).is_none() && session.grant.allows(&entry.name) {
+                    requests::add_or_update(
+                        &mut self.core,
+                        key,
+                        session,
+                        entry.id,
+                        all.snapshot,
+                        all.throttle_ms,
+                        now,
+                        &mut fresh,
+                    );
+                }
+            }
+            requests::merge_new(session, fresh);
+        }
+        self.core.queue(key, session);
+        self.settle(key);
     }
 
     /// The feed updated symbols: mark every subscriber on this shard.
@@ -692,6 +819,12 @@ impl Shard {
                 if s.closing.is_some() {
                     return; // `settle` drops it at its deadline.
                 }
+                if now >= s.expires_ns {
+                    // The JWT's `exp`: the client reconnects with a fresh token and resumes.
+                    gw.metrics.auth_failed(AuthFailure::Expired);
+                    s.close(Ending::Close(close::TOKEN_EXPIRED, EndReason::TokenExpired), now);
+                    return;
+                }
                 let ws = s.framing == Framing::WebSocket;
                 if ws
                     && now.saturating_sub(s.last_read_ns) >= config.idle_timeout().as_nanos() as u64
@@ -754,6 +887,20 @@ impl Shard {
         match &mut conn.state {
             State::Http(_) => self.write_http(key),
             State::Session { session, .. } => {
+                // Over TLS, ciphertext the socket refused goes first; until it is all out, the
+                // session stays blocked (and its subscriptions conflate).
+                match conn.io.flush() {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::debug!(peer = %conn.peer, error = %e, "session write failed");
+                        session.close(Ending::Gone(EndReason::IoError), mono_ns());
+                        if let Some(c) = &mut session.closing {
+                            c.wait_for_client = false;
+                        }
+                        return;
+                    }
+                }
                 session.blocked = false;
                 self.core.queue(key, session);
             }
@@ -772,6 +919,9 @@ impl Shard {
 
     fn read_http(&mut self, key: u32) {
         let max_head = self.gw().config.max_request_head_bytes as usize;
+        if !self.read_proxy_header(key) {
+            return;
+        }
         loop {
             let Some(conn) = self.conns.get_mut(key as usize) else { return };
             let State::Http(http) = &mut conn.state else { return };
@@ -805,6 +955,53 @@ impl Shard {
             }
         }
         self.serve_http(key);
+    }
+
+    /// `--proxy-protocol`: reads the PROXY v2 header, if it is still awaited, and takes its
+    /// client address as the connection's peer (for the per-address cap and the logs). The
+    /// header is peeked at in the socket and removed only once complete, so nothing of the
+    /// client's own bytes (a TLS ClientHello, an HTTP request) is taken with it. Returns
+    /// whether the connection may go on to TLS and HTTP now; a bad header drops it.
+    fn read_proxy_header(&mut self, key: u32) -> bool {
+        use crate::net::proxy_protocol::{self, ProxyHeader, MAX_HEADER_BYTES};
+        let Some(conn) = self.conns.get_mut(key as usize) else { return false };
+        let State::Http(http) = &mut conn.state else { return true };
+        if !http.awaiting_proxy_header {
+            return true;
+        }
+        let mut head = [0u8; MAX_HEADER_BYTES];
+        let seen = match conn.io.peek_raw(&mut head) {
+            Ok(0) => {
+                self.remove_conn(key, None);
+                return false;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => {
+                self.remove_conn(key, None);
+                return false;
+            }
+        };
+        match proxy_protocol::parse(&head[..seen]) {
+            Ok(ProxyHeader::Incomplete) => false,
+            Ok(ProxyHeader::Parsed { source, consumed }) => {
+                if conn.io.discard_raw(consumed).is_err() {
+                    self.remove_conn(key, None);
+                    return false;
+                }
+                http.awaiting_proxy_header = false;
+                if let Some(client) = source {
+                    tracing::trace!(balancer = %conn.peer, peer = %client, "PROXY header");
+                    conn.peer = client;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "dropping a connection: bad PROXY protocol header");
+                self.remove_conn(key, None);
+                false
+            }
+        }
     }
 
     /// Parses and answers the requests buffered on an HTTP connection.
@@ -870,6 +1067,16 @@ impl Shard {
                 }
             }
         }
+        // Over TLS, the answer (or the handshake) may still be ciphertext the socket has not
+        // taken: the connection is writable again before it can be closed or reused.
+        match conn.io.flush() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                self.remove_conn(key, None);
+                return;
+            }
+        }
         if http.out.is_empty() {
             return;
         }
@@ -930,6 +1137,7 @@ impl Shard {
             budgets,
             now,
         ));
+        session.set_grant(Arc::clone(&admission.grant), now);
         if framing == Framing::WebSocket {
             session.next_ping_ns = now + config.ping_interval().as_nanos() as u64;
         }
@@ -949,7 +1157,15 @@ impl Shard {
             limits,
         );
         session.push_text(MsgType::Welcome, welcome);
-        tracing::debug!(session = %session.id_hex(), peer = %conn.peer, shard = self.core.shard, ?framing, "session opened");
+        let principal = session.grant.principal();
+        // Audit: at info for a credential's session (the token entry's name or the JWT's
+        // `sub`, never the credential), at debug on an open gateway (every session anonymous).
+        audit!(
+            *principal != Principal::Anonymous,
+            session = %session.id_hex(), peer = %conn.peer, token = principal.token_name(),
+            sub = principal.sub(), shard = self.core.shard, ?framing, tls = conn.io.tls_version(),
+            "session opened"
+        );
         // No longer pending, and a session, in one step: whatever fails from here on (a panic
         // included) ends a session, counted once as one.
         gw.pending_connections.fetch_sub(1, Ordering::AcqRel);
@@ -1163,6 +1379,7 @@ impl Shard {
             return;
         }
         let mut conn = self.conns.remove(key as usize);
+        conn.io.close_notify();
         if self.conns.is_empty() && self.conns.capacity() > 1_024 {
             // The last connection of a crowd went: its table's high-water mark goes too.
             self.conns = Slab::new();
@@ -1181,16 +1398,20 @@ impl Shard {
                 }
                 if let Some(reason) = reason {
                     gw.metrics.session_closed(reason);
-                    match s.closing.map(|c| c.ending) {
-                        Some(Ending::Close(cause, _))
-                            if cause.code != 1000 && cause.code != 1001 =>
-                        {
-                            tracing::info!(session = %s.id_hex(), peer = %s.peer, code = cause.code, reason = cause.reason, "session closed by the gateway")
-                        }
-                        _ => {
-                            tracing::debug!(session = %s.id_hex(), peer = %s.peer, reason = reason.as_str(), "session closed")
-                        }
-                    }
+                    let (code, why) = match s.closing.map(|c| c.ending) {
+                        Some(Ending::Close(cause, _)) => (Some(cause.code), Some(cause.reason)),
+                        _ => (None, None),
+                    };
+                    // Audit: who and from where, at info for a credential's session and for
+                    // a close the gateway decided (not a normal one or shutdown's 1001).
+                    let principal = s.grant.principal();
+                    let by_gateway = code.is_some_and(|c| c != 1000 && c != 1001);
+                    audit!(
+                        by_gateway || *principal != Principal::Anonymous,
+                        session = %s.id_hex(), peer = %s.peer, token = principal.token_name(),
+                        sub = principal.sub(), reason = reason.as_str(), code, close_reason = why,
+                        "session closed"
+                    );
                 }
             }
         }
@@ -1215,5 +1436,5 @@ fn session_deadline(gw: &Gateway, s: &Session) -> u64 {
     if s.blocked_since_ns != 0 {
         at = at.min(s.blocked_since_ns + config.slow_client_timeout().as_nanos() as u64);
     }
-    at.min(s.next_deferred_ns)
+    at.min(s.next_deferred_ns).min(s.expires_ns)
 }

@@ -14,6 +14,7 @@ use proto::server::{self, ErrorCode};
 
 use super::Core;
 use crate::delivery as policy;
+use crate::fanout::Waiting;
 use crate::metrics::{EndReason, MsgType, OpLabel};
 use crate::session::{AllSymbols, Ending, Out, Session};
 use crate::store::{SymbolId, SymbolTable};
@@ -290,13 +291,21 @@ pub fn add_or_update(
     let throttle_ns = u64::from(throttle_ms) * 1_000_000;
     match s.sub_of(symbol) {
         Some(sub) => {
-            let state = &mut core.registry.get_mut(sub).state;
+            let record = core.registry.get_mut(sub);
+            let deferred = record.waiting == Waiting::Deferred;
+            let state = &mut record.state;
             state.throttle_ns = throttle_ns;
             // A shorter throttle applies at once, not after the old interval.
+            let sooner = now_ns.saturating_add(throttle_ns) < state.next_send_ns;
             state.next_send_ns = state.next_send_ns.min(now_ns + throttle_ns);
             state.resuming = false;
             if snapshot {
                 state.snapshot_due = true;
+            }
+            // A deferred subscription waits for the session's deferred timer, which was set for
+            // the old interval (and fan-out passes over it): back to ready, and the write pass
+            // defers it again, to the new time, if it must still wait.
+            if snapshot || (sooner && deferred) {
                 core.make_ready(s, sub);
             }
         }
