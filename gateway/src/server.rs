@@ -286,7 +286,31 @@ fn prepare(stream: TcpStream, config: &Config) -> Option<std::net::TcpStream> {
     // Bytes in the kernel can no longer be conflated: a small send buffer keeps a slow
     // reader's backlog in its subscriptions, where it conflates (docs/backpressure.md).
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(config.send_buffer_bytes);
+    // And of those bytes, the ones not yet sent are what a slow reader's quotes age in.
+    if config.send_lowat_bytes > 0 {
+        set_notsent_lowat(&stream, config.send_lowat_bytes);
+    }
     stream.into_std().ok()
+}
+
+/// TCP_NOTSENT_LOWAT (Linux 3.12+): the socket takes no more data, and reports itself not
+/// writable, while more than `bytes` of what it holds are unsent. Best effort, like SO_SNDBUF.
+fn set_notsent_lowat(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor, a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::addr_of!(value).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+    }
 }
 
 /// Runs `feed` on a thread of its own with a current-thread runtime; its result is sent on

@@ -439,3 +439,53 @@ async fn a_silent_client_with_a_full_socket_is_closed_at_the_idle_timeout() {
     assert_eq!((heartbeat, slow), (1.0, 0.0), "closed after {:?}", started.elapsed());
     drop(ws);
 }
+
+/// `send_lowat_bytes` (TCP_NOTSENT_LOWAT): what the kernel holds unsent for a client that
+/// stopped reading stays near the low-water mark plus one write, instead of filling the send
+/// buffer, since bytes in the kernel can no longer be conflated. Measured both ways on the same
+/// load, so the test shows the setting is what makes the difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_clients_unsent_bytes_stay_near_the_low_water_mark() {
+    let _serial = SERIAL.lock().await;
+    const WRITE_BUDGET: usize = 2048;
+    const LOWAT: usize = 1024;
+    async fn max_unsent(lowat: usize) -> u64 {
+        let gw = TestGateway::start_with(|c| {
+            c.send_buffer_bytes = 16 * 1024;
+            c.write_budget_bytes = WRITE_BUDGET;
+            c.send_lowat_bytes = lowat;
+            c.slow_client_timeout_ms = 60_000;
+            c.sim_symbols = 50;
+            c.sim_rate = 500;
+        })
+        .await;
+        let small = ClientOptions {
+            recv_buffer: Some(2048),
+            read_buffer: Some(2048),
+            ..Default::default()
+        };
+        let (mut ws, _) = connect_client(gw.addr, small).await;
+        send(&mut ws, json!({"op": "subscribe", "id": 1, "symbols": ["*"]})).await;
+        let port = local_port(&ws);
+        let mut max = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            let tx = tcp_sockets().get(&(gw.addr.port(), port)).map_or(0, |q| q.tx);
+            max = max.max(tx);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(ws);
+        gw.stop().await;
+        max
+    }
+    let with = max_unsent(LOWAT).await;
+    let without = max_unsent(0).await;
+    // The mark, one write that crossed it, and the frame that crossed the write budget.
+    let bound = (LOWAT + WRITE_BUDGET + 1024) as u64;
+    assert!(with > 0, "nothing was ever queued: the client was not stuck");
+    assert!(with <= bound, "{with} bytes unsent with a {LOWAT}-byte mark, over {bound}");
+    assert!(
+        without > bound,
+        "without the mark the send buffer fills ({without} bytes): the measurement must tell them apart"
+    );
+}
