@@ -12,35 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use proto::{Price, Quote};
 use serde_json::{json, Value};
 use sse_client::{Next, SseClient, SseEvent};
-
-fn quote(seq: u64) -> Quote {
-    let bid = 18_700 + (seq % 100) as i64;
-    Quote {
-        seq,
-        bid: Price(bid),
-        ask: Price(bid + 2),
-        bid_size: 300,
-        ask_size: 500,
-        last: Price(bid + 1),
-        last_size: 100,
-        volume: 1_000_000 + seq,
-        ts: 1_763_775_600_000_000_000 + seq,
-    }
-}
-
-async fn publish(
-    feed: &gateway::feed::manual::ManualFeedHandle,
-    symbol: &str,
-    seqs: impl IntoIterator<Item = u64>,
-) {
-    for seq in seqs {
-        let published = feed.publish(symbol, 2, quote(seq)).await;
-        assert_eq!(published, Some(gateway::feed::Published::Stored), "{symbol} {seq}");
-    }
-}
 
 async fn open(gw: &TestGateway, path: &str) -> SseClient {
     match SseClient::open(gw.addr, path, &[]).await {

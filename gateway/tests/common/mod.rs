@@ -444,3 +444,28 @@ pub async fn close_frame(ws: &mut Ws, wait: Duration) -> Option<(u16, String)> {
         }
     }
 }
+
+/// A quote for the manual feed whose every field follows from `seq`, so a test can say exactly
+/// what a client must receive.
+pub fn manual_quote(seq: u64) -> proto::Quote {
+    let bid = 18_700 + (seq % 100) as i64;
+    proto::Quote {
+        seq,
+        bid: proto::Price(bid),
+        ask: proto::Price(bid + 2),
+        bid_size: 300,
+        ask_size: 500,
+        last: proto::Price(bid + 1),
+        last_size: 100,
+        volume: 1_000_000 + seq,
+        ts: 1_763_775_600_000_000_000 + seq,
+    }
+}
+
+/// Publishes `seqs` of `symbol` (precision 2) on the manual feed, each one asserted stored.
+pub async fn publish(feed: &ManualFeedHandle, symbol: &str, seqs: impl IntoIterator<Item = u64>) {
+    for seq in seqs {
+        let published = feed.publish(symbol, 2, manual_quote(seq)).await;
+        assert_eq!(published, Some(gateway::feed::Published::Stored), "{symbol} {seq}");
+    }
+}
