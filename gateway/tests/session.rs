@@ -452,27 +452,15 @@ async fn a_feed_slower_than_ten_updates_a_second_still_updates() {
 /// `throttle_ms: 0` must send it at once, not when the old interval ends.
 #[tokio::test]
 async fn lowering_the_throttle_releases_an_update_held_by_the_old_one() {
-    use proto::{Price, Quote};
-    let quote = |seq: u64, bid: i64| Quote {
-        seq,
-        bid: Price(bid),
-        ask: Price(bid + 2),
-        bid_size: 300,
-        ask_size: 500,
-        last: Price(bid + 1),
-        last_size: 100,
-        volume: 1_000 + seq,
-        ts: 1_763_775_600_123_456_789 + seq,
-    };
     let (gw, feed) = TestGateway::start_manual(&[("AAPL", 2)], |_| {}).await;
-    feed.publish("AAPL", 2, quote(1, 18724)).await.unwrap();
+    feed.publish("AAPL", 2, manual_quote(1)).await.unwrap();
     let (mut ws, _) = gw.client().await;
     send(&mut ws, json!({"op": "subscribe", "id": 1, "symbols": ["AAPL"], "throttle_ms": 60000}))
         .await;
     let (snapshot, _) = recv_until(&mut ws, |m| m["type"] == "snapshot").await;
     assert_eq!(snapshot["seq"], 1);
     // Held by the throttle: nothing within a short wait.
-    feed.publish("AAPL", 2, quote(2, 18725)).await.unwrap();
+    feed.publish("AAPL", 2, manual_quote(2)).await.unwrap();
     assert_eq!(recv_within(&mut ws, Duration::from_millis(200)).await, None);
     send(
         &mut ws,

@@ -54,6 +54,7 @@ pub struct Plan {
     frames: Vec<Planned>,
     /// Subscriptions taken off the ready list for this write, in order.
     taken: Vec<SubKey>,
+    /// The held updates this write replays; their frames are borrowed from here.
     history: Vec<Arc<Snapshot>>,
 }
 
@@ -71,6 +72,8 @@ enum Payload {
         symbol: SymbolId,
         snapshot: bool,
     },
+    /// A replayed update: the `quote` frame of `Plan::history[i]`.
+    History(usize),
     Owned(Bytes),
 }
 
@@ -93,18 +96,23 @@ impl Planned {
     }
 }
 
-fn payload_bytes<'a>(core: &'a Core, payload: &'a Payload) -> &'a [u8] {
+fn payload_bytes<'a>(
+    core: &'a Core,
+    history: &'a [Arc<Snapshot>],
+    payload: &'a Payload,
+) -> &'a [u8] {
     match payload {
         Payload::Cached { symbol, snapshot } => core
             .latest
             .get(*symbol as usize)
             .and_then(Option::as_ref)
             .map_or(&[][..], |s| if *snapshot { &s.frames.snapshot } else { &s.frames.quote }),
+        Payload::History(i) => &history[*i].frames.quote,
         Payload::Owned(b) => b,
     }
 }
 
-fn owned_payload(core: &Core, payload: &Payload) -> Bytes {
+fn owned_payload(core: &Core, history: &[Arc<Snapshot>], payload: &Payload) -> Bytes {
     match payload {
         Payload::Cached { symbol, snapshot } => core
             .latest
@@ -117,6 +125,7 @@ fn owned_payload(core: &Core, payload: &Payload) -> Bytes {
                     s.frames.quote.clone()
                 }
             }),
+        Payload::History(i) => history[*i].frames.quote.clone(),
         Payload::Owned(b) => b.clone(),
     }
 }
@@ -142,6 +151,7 @@ pub fn write_session(
     for _ in 0..MAX_ROUNDS {
         plan.frames.clear();
         plan.taken.clear();
+        plan.history.clear();
         let mut used = plan_outbox(s, plan, budget);
         if let Some(closing) = s.closing {
             if !closing.frame_sent && used < budget {
@@ -172,7 +182,9 @@ pub fn write_session(
                 push_partial(&mut iov, p);
             }
             for f in &plan.frames {
-                for part in [f.head.as_bytes(), payload_bytes(core, &f.payload), f.tail] {
+                for part in
+                    [f.head.as_bytes(), payload_bytes(core, &plan.history, &f.payload), f.tail]
+                {
                     iov.push(part);
                 }
             }
@@ -276,17 +288,17 @@ fn plan_subs(core: &mut Core, plan: &mut Plan, s: &mut Session, now: u64, budget
         let symbol_view = policy::Symbol { latest_seq, first_missed_received_ns };
         let mut decision = policy::decide(&state, &symbol_view, &conditions);
         if let Delivery::Replay { from } = decision {
-            plan.history.clear();
+            let first = plan.history.len();
             let room = MAX_FRAMES - plan.frames.len();
             let table = core.gw.store.table();
             let held = table
                 .entries
                 .get(symbol as usize)
                 .is_some_and(|e| e.history_after(from - 1, latest_seq, room, &mut plan.history));
-            if held && !plan.history.is_empty() {
-                for snap in plan.history.drain(..) {
-                    let payload = snap.frames.quote.clone();
-                    let len = payload.len();
+            if held && plan.history.len() > first {
+                for i in first..plan.history.len() {
+                    let snap = &plan.history[i];
+                    let len = snap.frames.quote.len();
                     let (head, tail) = text_frame(s.framing, MsgType::Quote, len);
                     let commit = Commit::Sub {
                         sub,
@@ -295,8 +307,7 @@ fn plan_subs(core: &mut Core, plan: &mut Plan, s: &mut Session, now: u64, budget
                         snapshot: false,
                         skipped: 0,
                     };
-                    let planned =
-                        Planned { head, payload: Payload::Owned(payload), tail, len, commit };
+                    let planned = Planned { head, payload: Payload::History(i), tail, len, commit };
                     used += planned.wire_len();
                     plan.frames.push(planned);
                 }
@@ -317,7 +328,7 @@ fn plan_subs(core: &mut Core, plan: &mut Plan, s: &mut Session, now: u64, budget
             Delivery::Replay { .. } => unreachable!("handled above"),
         };
         let payload = Payload::Cached { symbol, snapshot };
-        let len = payload_bytes(core, &payload).len();
+        let len = payload_bytes(core, &plan.history, &payload).len();
         let kind = if snapshot { MsgType::Snapshot } else { MsgType::Quote };
         let (head, tail) = text_frame(s.framing, kind, len);
         let commit = Commit::Sub { sub, seq: latest_seq, ts: latest_ts, snapshot, skipped };
@@ -403,7 +414,7 @@ fn commit(
         if written < wire {
             s.partial = Some(Box::new(PartialFrame {
                 head: f.head,
-                payload: owned_payload(core, &f.payload),
+                payload: owned_payload(core, &plan.history, &f.payload),
                 tail: f.tail,
                 written,
             }));
