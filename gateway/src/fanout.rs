@@ -197,23 +197,6 @@ impl Registry {
         list.tail = key;
     }
 
-    /// Puts `key` first on `list` (it must be on none): a subscription taken for a write that
-    /// the kernel refused goes back where it was.
-    pub fn push_front(&mut self, list: &mut List, key: SubKey, waiting: Waiting) {
-        let head = list.head;
-        let sub = &mut self.subs[key as usize];
-        debug_assert_eq!(sub.waiting, Waiting::No);
-        sub.waiting = waiting;
-        sub.prev = NONE;
-        sub.next = head;
-        if head == NONE {
-            list.tail = key;
-        } else {
-            self.subs[head as usize].prev = key;
-        }
-        list.head = key;
-    }
-
     /// Takes `key` off `list` (which must be the list it is on).
     pub fn unlink(&mut self, list: &mut List, key: SubKey) {
         let (prev, next) = {
@@ -298,13 +281,13 @@ mod tests {
             r.push_back(&mut ready, key, Waiting::Ready);
         }
         r.unlink(&mut ready, k[1]);
-        r.push_front(&mut ready, k[3], Waiting::Ready);
+        r.push_back(&mut ready, k[3], Waiting::Ready);
         let mut order = Vec::new();
         while let Some(key) = r.pop_front(&mut ready) {
             assert_eq!(r.get(key).waiting, Waiting::No);
             order.push(key);
         }
-        assert_eq!(order, [k[3], k[0], k[2]]);
+        assert_eq!(order, [k[0], k[2], k[3]]);
         assert!(ready.is_empty());
     }
 }

@@ -321,3 +321,44 @@ async fn a_resume_of_a_symbol_already_subscribed_is_a_resubscribe() {
     assert_eq!((m["type"].as_str(), m["seq"].as_u64()), (Some("snapshot"), Some(5)), "{m}");
     gw.stop().await;
 }
+
+/// A long replay of one symbol takes turns with the session's other symbols: MSFT's one missed
+/// update comes while AAPL's 2,000 are still being replayed, not after all of them (a client
+/// that reads slowly would otherwise see nothing of MSFT for as long as AAPL's replay lasts).
+#[tokio::test]
+async fn a_long_replay_does_not_hold_back_the_other_symbols() {
+    const MISSED: u64 = 2_000;
+    let symbols = [("AAPL", 2), ("MSFT", 2)];
+    let (gw, feed) = TestGateway::start_manual(&symbols, |c| {
+        c.history_max_updates = 10_000;
+    })
+    .await;
+    publish(&feed, "AAPL", 1..=1).await;
+    publish(&feed, "MSFT", 1..=1).await;
+    let epoch = first_session(&gw, &[("AAPL", 1), ("MSFT", 1)]).await;
+    publish(&feed, "AAPL", 2..=MISSED + 1).await;
+    publish(&feed, "MSFT", 2..=2).await;
+
+    let (mut ws, _) = gw.client().await;
+    let ack = resume(&mut ws, 2, &["AAPL", "MSFT"], &epoch, json!({"AAPL": 1, "MSFT": 1})).await;
+    assert_eq!(resumed(&ack), ["AAPL", "MSFT"]);
+    let mut aapl_before_msft = 0;
+    loop {
+        let m = recv(&mut ws).await;
+        match (m["type"].as_str(), m["symbol"].as_str()) {
+            (Some("quote"), Some("MSFT")) => {
+                assert_eq!(m["seq"], 2, "{m}");
+                break;
+            }
+            (Some("quote"), Some("AAPL")) => aapl_before_msft += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        aapl_before_msft < MISSED,
+        "MSFT waited for all {aapl_before_msft} of AAPL's replayed updates"
+    );
+    let rest = read_upto(&mut ws, &[("AAPL", MISSED + 1)]).await["AAPL"].len() as u64;
+    assert_eq!(aapl_before_msft + rest, MISSED, "every missed AAPL update, once");
+    gw.stop().await;
+}

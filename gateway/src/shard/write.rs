@@ -6,7 +6,7 @@
 //! message. The iovecs point at those bytes; nothing is copied per session. What the kernel
 //! takes is committed frame by frame; a frame it took in part stays as an offset on the
 //! session ([`PartialFrame`]); the frames it did not take are not lost but not sent either:
-//! their subscriptions go back to the front of the ready list, to be decided again (and
+//! their subscriptions go to the back of the ready list, to be decided again (and
 //! conflated, if the session stays behind).
 
 use std::io::{self, IoSlice};
@@ -473,10 +473,12 @@ fn commit(
     }
 }
 
-/// Subscriptions taken for a write that still owe something go back to the front of the
-/// ready list, in their order.
+/// Subscriptions taken for a write that still owe something go back on the ready list.
 fn requeue_taken(core: &mut Core, plan: &mut Plan, s: &mut Session) {
-    for &sub in plan.taken.iter().rev() {
+    // To the back, in order: a subscription with more to send (a long replay, or what the
+    // kernel refused) waits its turn behind the others, so one symbol's replay cannot hold back
+    // the session's other symbols until it ends. Each symbol's own order is its `last_seq`.
+    for &sub in &plan.taken {
         let record = core.registry.get(sub);
         if record.waiting != Waiting::No {
             continue;
@@ -484,7 +486,7 @@ fn requeue_taken(core: &mut Core, plan: &mut Plan, s: &mut Session) {
         let pending =
             record.state.snapshot_due || record.state.last_seq < core.latest_seq(record.symbol);
         if pending {
-            core.registry.push_front(&mut s.ready, sub, Waiting::Ready);
+            core.registry.push_back(&mut s.ready, sub, Waiting::Ready);
         }
     }
     plan.taken.clear();
